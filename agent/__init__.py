@@ -1,0 +1,1 @@
+"""Per-host dataplane: endpoints, CNI plugin, tunnels, iptables/ipset, NAT outgoing."""

@@ -1,0 +1,1 @@
+"""routemesh: the BGP daemon and the core shared by every component."""

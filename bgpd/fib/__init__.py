@@ -1,0 +1,1 @@
+"""The kernel FIB writer: netlink, batching, reconcile, ECMP, blackholes."""

@@ -1,0 +1,1 @@
+"""Resources (Calico v3 kinds and field names) and their validation."""

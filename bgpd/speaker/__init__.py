@@ -1,0 +1,1 @@
+"""The BGP protocol: wire codec, session FSM, asyncio transport, RIB, best path."""

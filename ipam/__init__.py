@@ -1,0 +1,1 @@
+"""IP pools, blocks, affinities, allocation and GC over the datastore."""

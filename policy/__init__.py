@@ -1,0 +1,1 @@
+"""Policy model, selector language and the compiler from policies to rule sets (pure)."""
