@@ -1,0 +1,22 @@
+# Entry points for developers and CI. Every target that runs code first runs the idempotent
+# setup, so a fresh Debian 12 machine only needs `make test`.
+.PHONY: setup test demo bench lint
+
+VENV := .venv/bin
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	bash scripts/test.sh $(ARGS)
+
+demo: setup
+	$(VENV)/routemesh demo
+
+# Benchmarks carry the "slow" marker, which the default addopts deselect; -m overrides that.
+bench: setup
+	$(VENV)/pytest tests/bench -m slow $(ARGS)
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
