@@ -1,0 +1,18 @@
+"""Shared pytest fixtures. Keep this small: helpers live in tests/lab/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.netns import Lab
+from tests.lab.require import require_netns
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A fresh Lab (namespaces, peers, processes) torn down after the test, pass or fail."""
+    require_netns()
+    with Lab() as the_lab:
+        yield the_lab
