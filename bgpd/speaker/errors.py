@@ -18,6 +18,9 @@ CONNECTION_NOT_SYNCHRONIZED = 1
 BAD_MESSAGE_LENGTH = 2
 BAD_MESSAGE_TYPE = 3
 
+# Subcode 0 of any code: RFC 4271 §6.2 uses it for a recognised but malformed optional parameter.
+UNSPECIFIC = 0
+
 # OPEN Message Error subcodes (RFC 4271, RFC 5492).
 UNSUPPORTED_VERSION_NUMBER = 1
 BAD_PEER_AS = 2
