@@ -22,6 +22,8 @@ from .base import (
 # Protocols that carry ports, by name and number (Calico allows ports only on these).
 PORT_PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "UDPLite": 136}
 PROTOCOL_NAMES = {**PORT_PROTOCOLS, "ICMP": 1, "ICMPv6": 58}
+# Calico still accepts the lower-case spellings of its v1 API ("tcp", "icmpv6").
+PROTOCOL_NAMES |= {name.lower(): number for name, number in PROTOCOL_NAMES.items()}
 _PORT_PROTOCOL_NUMBERS = set(PORT_PROTOCOLS.values())
 
 
@@ -35,7 +37,7 @@ def _check_protocol(value: Any) -> int | str:
             return value
         if value.isdigit() and 1 <= int(value) <= 255:
             return value
-    names = ", ".join(PROTOCOL_NAMES)
+    names = ", ".join(n for n in PROTOCOL_NAMES if not n.islower())
     raise ValueError(f"protocol {value!r} must be one of {names} or a number 1..255")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator, Mapping
-from functools import cache
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -83,6 +83,12 @@ def _yaml_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
+        # A constructor error (duplicate key, bad tag) is well-formed YAML we still refuse.
+        label = (
+            "YAML error"
+            if isinstance(exc, yaml.constructor.ConstructorError)
+            else "YAML syntax error"
+        )
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ResourceError(
             [
@@ -90,7 +96,7 @@ def _yaml_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
                     source=source,
                     document=index + 1,
                     path="",
-                    reason=f"YAML syntax error at {where}{problem}",
+                    reason=f"{label} at {where}{problem}",
                 )
             ]
         ) from None
@@ -114,43 +120,55 @@ def _loc_path(loc: Iterable[Any]) -> str:
     return path
 
 
-@cache
-def _known_fields() -> frozenset[str]:
-    """Every wire field name of every kind, to suggest the right spelling of a typo."""
-    names: set[str] = set()
-    todo: list[type[BaseModel]] = list(KINDS.values())
-    done: set[type[BaseModel]] = set()
-    while todo:
-        model = todo.pop()
-        if model in done:
-            continue
-        done.add(model)
-        for name, field in model.model_fields.items():
-            names.add(field.alias or name)
-            for arg in _nested_models(field.annotation):
-                todo.append(arg)
-    return frozenset(names)
+def _strip_optional(annotation: Any) -> Any:
+    """`X | None` and `Annotated[X, ...]` down to X (the first non-None member of a union)."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            annotation = members[0]
+        else:
+            return annotation
 
 
-def _nested_models(annotation: Any) -> Iterator[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        yield annotation
-    for arg in getattr(annotation, "__args__", ()):
-        yield from _nested_models(arg)
+def _model_at(model: type[BaseModel], loc: Iterable[Any]) -> type[BaseModel] | None:
+    """The model class that validates the object at `loc` (wire names) inside `model`."""
+    current: Any = model
+    for part in loc:
+        current = _strip_optional(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {f.alias or n: f for n, f in current.model_fields.items()}
+            if part not in fields:
+                return None
+            current = fields[part].annotation
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[-1]
+        else:
+            return None
+    current = _strip_optional(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _unknown_field_reason(field: str) -> str:
-    known = _known_fields()
-    by_lower = {name.lower(): name for name in known}
-    hint = by_lower.get(field.lower()) or next(
-        iter(difflib.get_close_matches(field, known, n=1, cutoff=0.8)), None
+def _squash(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def _unknown_field_reason(model: type[BaseModel], loc: list[Any]) -> str:
+    field = str(loc[-1])
+    parent = _model_at(model, loc[:-1])
+    known = [f.alias or n for n, f in parent.model_fields.items()] if parent else []
+    # Case and separators first (asnumber, peer_ip), then plain typos (ordr).
+    by_squash = {_squash(name): name for name in known}
+    hint = by_squash.get(_squash(field)) or next(
+        iter(difflib.get_close_matches(field, known, n=1, cutoff=0.75)), None
     )
-    if hint and hint != field:
+    if hint:
         return f"unknown field {field!r} (did you mean {hint}?)"
     return f"unknown field {field!r}"
 
 
-def _reasons(exc: ValidationError) -> Iterator[tuple[str, str]]:
+def _reasons(model: type[BaseModel], exc: ValidationError) -> Iterator[tuple[str, str]]:
     for err in exc.errors():
         loc = list(err["loc"])
         etype = err["type"]
@@ -161,7 +179,7 @@ def _reasons(exc: ValidationError) -> Iterator[tuple[str, str]]:
                 yield _join(base, rel), reason
             continue
         if etype == "extra_forbidden":
-            yield _loc_path(loc), _unknown_field_reason(str(loc[-1]))
+            yield _loc_path(loc), _unknown_field_reason(model, loc)
             continue
         if etype == "missing":
             yield _loc_path(loc), "required field missing"
@@ -217,7 +235,7 @@ def _validate(
         return cls.model_validate(data, by_alias=True, by_name=False), []
     except ValidationError as exc:
         return None, [
-            error(_join(path, field), reason, kind, name) for field, reason in _reasons(exc)
+            error(_join(path, field), reason, kind, name) for field, reason in _reasons(cls, exc)
         ]
 
 
