@@ -221,6 +221,8 @@ class Lab:
             sweep_stale()
         self.pid = os.getpid()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.pid}-lab-"))
+        # Daemons that drop privileges (FRR) must traverse into their config dirs.
+        self.tmp.chmod(0o755)
         self.namespaces: list[Netns] = []
         self.host_links: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
