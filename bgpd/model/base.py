@@ -194,8 +194,8 @@ def _check_interface(value: str) -> str:
 
 
 def _check_selector(value: str) -> str:
-    # Imported here, not at module level: policy/ owns the selector language and the model must
-    # not fail to import while that module is being developed or refactored.
+    # Imported here, not at module level: policy/ owns the selector language and itself reads
+    # model resources, so a top-level import would tie the two packages into an import cycle.
     from policy.selector import SelectorError, parse
 
     try:

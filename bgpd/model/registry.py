@@ -168,6 +168,32 @@ def _unknown_field_reason(model: type[BaseModel], loc: list[Any]) -> str:
     return f"unknown field {field!r}"
 
 
+# Pydantic's wording names Python classes ("instance of IPPoolSpec"); say it in YAML terms.
+_TYPE_MESSAGES = {
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "bool_type": "must be true or false",
+    "float_type": "must be a number",
+}
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
 def _reasons(model: type[BaseModel], exc: ValidationError) -> Iterator[tuple[str, str]]:
     for err in exc.errors():
         loc = list(err["loc"])
@@ -184,14 +210,13 @@ def _reasons(model: type[BaseModel], exc: ValidationError) -> Iterator[tuple[str
         if etype == "missing":
             yield _loc_path(loc), "required field missing"
             continue
-        msg = err["msg"]
+        msg = _TYPE_MESSAGES.get(etype, err["msg"])
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
-        value = err.get("input")
-        if (etype.endswith("_type") or etype == "literal_error") and not isinstance(
-            value, dict | list
-        ):
-            msg = f"{msg}, got {value!r}"
+        if msg.startswith("Input should be "):
+            msg = "must be " + msg.removeprefix("Input should be ")
+        if etype in _TYPE_MESSAGES or etype == "literal_error":
+            msg = f"{msg}, got {_show(err.get('input'))}"
         yield _loc_path(loc), msg
 
 

@@ -962,6 +962,25 @@ def test_no_coercion_of_scalars() -> None:
     assert paths(reject("IPPool", pool(["10.0.0.0/16"]))) == ["spec.cidr"]
 
 
+def test_type_errors_are_worded_in_yaml_terms() -> None:
+    text = (
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\n"
+        "spec: {cidr: [1], natOutgoing: 'yes', blockSize: '26', ipipMode: true, allowedUses: {}}\n"
+    )
+    with pytest.raises(ResourceError) as info:
+        load_documents(text, source="x")
+    assert sorted(str(info.value).splitlines()) == [
+        "x: document 1 (IPPool p): spec.allowedUses: must be a list, got a mapping",
+        "x: document 1 (IPPool p): spec.blockSize: must be an integer, got '26'",
+        "x: document 1 (IPPool p): spec.cidr: must be a string, got a list",
+        "x: document 1 (IPPool p): spec.ipipMode: must be 'Never', 'Always' or 'CrossSubnet', got true",
+        "x: document 1 (IPPool p): spec.natOutgoing: must be true or false, got 'yes'",
+    ]
+    with pytest.raises(ResourceError) as info:
+        load_documents(text.replace("spec: {", "spec: null\n#{"), source="x")
+    assert str(info.value) == "x: document 1 (IPPool p): spec: must be a mapping, got null"
+
+
 def test_list_kinds_from_get_output_load_as_items() -> None:
     items = [yaml.safe_load(manifest("Tier", {"order": i}, name=f"t{i}")) for i in (1, 2)]
     text = yaml.safe_dump({"apiVersion": CALICO_API, "kind": "TierList", "items": items})
