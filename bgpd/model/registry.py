@@ -231,7 +231,8 @@ def _validate(
         )
 
     if not isinstance(data, dict):
-        got = type(data).__name__
+        got = _show(data) if isinstance(data, list) or data is None else type(data).__name__
+        got = {"str": "a string", "int": "a number", "float": "a number"}.get(got, got)
         return None, [
             error(path, f"expected a mapping (apiVersion, kind, metadata, spec), got {got}")
         ]

@@ -907,7 +907,8 @@ def test_missing_api_version_and_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "got"), [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")]
+    ("text", "got"),
+    [("- a\n- b\n", "a list"), ("just a string\n", "a string"), ("42\n", "a number")],
 )
 def test_non_mapping_document(text: str, got: str) -> None:
     with pytest.raises(ResourceError) as info:
