@@ -460,11 +460,11 @@ def merge_as4_path(as_path: AsPath, as4_path: AsPath) -> AsPath:
             take = asns[:keep]
             out.append((seg_type, take))
             keep -= len(take)
-    for seg in as4:
-        if out and seg[0] == AS_SEQUENCE and out[-1][0] == AS_SEQUENCE:
-            out[-1] = (AS_SEQUENCE, out[-1][1] + seg[1])
-        else:
-            out.append(seg)
+    # Join only at the seam: a sequence cut short above continues in AS4_PATH's first segment.
+    if as4 and out and as4[0][0] == AS_SEQUENCE and out[-1][0] == AS_SEQUENCE:
+        out[-1] = (AS_SEQUENCE, out[-1][1] + as4[0][1])
+        as4 = as4[1:]
+    out.extend(as4)
     return tuple(out)
 
 

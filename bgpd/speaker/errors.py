@@ -111,7 +111,13 @@ def describe(code: int, subcode: int) -> str:
     return f"{major} / {minor}"
 
 
-@dataclass(frozen=True, slots=True)
+_ERROR_FIELDS = frozenset({"code", "subcode", "data", "reason"})
+
+
+# Not frozen=True/slots=True: Python must be able to set __traceback__/__context__ on a raised
+# exception (contextlib and asyncio do), which a frozen slotted dataclass refuses with a
+# TypeError that hides the real error. The fields are still write-once, and it stays hashable.
+@dataclass(unsafe_hash=True)
 class NotificationError(Exception):
     """A protocol error that must end the session with this NOTIFICATION.
 
@@ -122,6 +128,11 @@ class NotificationError(Exception):
     subcode: int
     data: bytes = b""
     reason: str = ""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _ERROR_FIELDS and name in self.__dict__:
+            raise AttributeError(f"NotificationError.{name} is read-only")
+        super().__setattr__(name, value)
 
     def __str__(self) -> str:
         text = describe(self.code, self.subcode)
