@@ -512,8 +512,9 @@ class _Parser:
         return tok
 
     def fail(self, tok: Token, expected: str, reason: str | None = None) -> SelectorError:
-        # A lone `=`, `&` or `|` is almost certainly a half-typed operator: say which.
-        if tok.kind == BAD and tok.value:
+        # A lone `=`, `&` or `|` is usually a half-typed operator: where that operator is
+        # one of the accepted ones, name it alone rather than the whole list.
+        if tok.kind == BAD and tok.value and tok.value in expected:
             expected = tok.value
         return SelectorError(self.text, tok.pos, reason or _describe(tok), expected)
 
