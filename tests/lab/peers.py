@@ -97,7 +97,7 @@ class Peer(abc.ABC):
         self.announced: dict[str, str] = {}  # prefix -> next hop
         self.procs: list[subprocess.Popen[bytes]] = []
         # Stop before the lab kills processes, so daemons close sessions and sockets cleanly.
-        self.lab.on_cleanup(self.stop)
+        self.lab.on_cleanup(self.close)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.ns.name}, AS{self.asn}, {self.router_id})"
@@ -152,6 +152,15 @@ class Peer(abc.ABC):
         for proc in reversed(self.procs):
             self.lab.kill(proc)
         self.procs.clear()
+
+    def close(self) -> None:
+        """Stop and remove state kept outside the lab temp dir (the Lab calls this)."""
+        self.stop()
+        self._remove_external_state()
+
+    def _remove_external_state(self) -> None:
+        """Hook: delete sockets/pipes a daemon needs outside our temp dir."""
+        return None
 
     def kill9(self) -> None:
         """SIGKILL the daemon(s): sessions drop without a NOTIFICATION, as after a crash."""
@@ -521,10 +530,8 @@ class GobgpPeer(Peer):
         routes: set[Route] = set()
         for prefix, paths in data.items():
             for path in paths:
-                # Locally originated paths carry no source; we report learned routes only.
-                if path.get("source-id") in (None, "", "<nil>") and not path.get("neighbor-ip"):
-                    continue
-                if path.get("neighbor-ip") in ("<nil>", "", None):
+                # Locally originated paths have no neighbor-ip; we report learned routes only.
+                if path.get("neighbor-ip") in (None, "", "<nil>"):
                     continue
                 nh = _gobgp_next_hop(path)
                 if nh:
@@ -569,9 +576,8 @@ class FrrPeer(Peer):
         self.rundir = Path("/run/frr") / self.pathspace
         self.zebra_conf = self.dir / "zebra.conf"
         self.bgpd_conf = self.dir / "bgpd.conf"
-        self.lab.on_cleanup(self._remove_rundir)
 
-    def _remove_rundir(self) -> None:
+    def _remove_external_state(self) -> None:
         if self.rundir.is_dir():
             for p in self.rundir.iterdir():
                 p.unlink(missing_ok=True)
@@ -743,7 +749,6 @@ class ExabgpPeer(Peer):
         self.recorder = self.dir / "recorder.py"
         # Pipe names must be unique on the host: ExaBGP looks for them in fixed dirs.
         self.pipename = self.lab.unique_name("exabgp")
-        self.lab.on_cleanup(self._remove_pipes)
 
     def _pipes(self) -> tuple[Path, Path]:
         return (
@@ -751,7 +756,7 @@ class ExabgpPeer(Peer):
             _EXABGP_PIPE_DIR / f"{self.pipename}.out",
         )
 
-    def _remove_pipes(self) -> None:
+    def _remove_external_state(self) -> None:
         for p in self._pipes():
             p.unlink(missing_ok=True)
 
