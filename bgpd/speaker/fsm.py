@@ -1,0 +1,752 @@
+"""The BGP session FSM of RFC 4271 §8, sans-IO: bytes and `now` in; events, bytes, deadlines out.
+
+Rule (after h11's `_state.py`): every change of `Session.state` goes through `_enter`, and the
+state that follows an input is looked up in `TRANSITIONS`, the one table in this module. Inputs
+that the table does not list for the current state are protocol errors (RFC 6608 FSM Error) when
+they are messages, and are ignored otherwise.
+
+One `Session` serves one configured peer. It may hold two TCP connections at once while a
+collision (§6.8) is being resolved: the primary one, whose state is the session's state, and an
+incoming candidate that has sent OPEN but whose fate waits on the remote BGP Identifier.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from bgpd.speaker import errors as E
+from bgpd.speaker.capabilities import (
+    AddPath,
+    EnhancedRouteRefresh,
+    ExtendedMessage,
+    ExtendedNextHop,
+    FourOctetAS,
+    GracefulRestart,
+    Hostname,
+    Multiprotocol,
+    Negotiated,
+    RouteRefresh,
+    encode_optional_parameters,
+    negotiate,
+)
+from bgpd.speaker.context import DEFAULT_CONTEXT, CodecContext
+from bgpd.speaker.errors import NotificationError
+from bgpd.speaker.events import (
+    CloseConnection,
+    ConnectionRejected,
+    ConnectRequested,
+    Event,
+    RouteRefreshReceived,
+    SessionDown,
+    SessionEstablished,
+    State,
+    StateChanged,
+    UpdateReceived,
+)
+from bgpd.speaker.messages import (
+    AttrCache,
+    Keepalive,
+    Notification,
+    Open,
+    Update,
+    decode_message,
+    encode_keepalive,
+    encode_message,
+    encode_notification,
+    split_messages,
+)
+from bgpd.speaker.messages import (
+    RouteRefresh as RouteRefreshMsg,
+)
+from bgpd.speaker.types import (
+    IPV4_UNICAST,
+    MSG_KEEPALIVE,
+    MSG_NOTIFICATION,
+    MSG_OPEN,
+    MSG_ROUTE_REFRESH,
+    MSG_UPDATE,
+    Family,
+)
+
+AS_TRANS = 23456
+# RFC 4271 §8.2.2 suggests 4 minutes for the hold timer while OPEN is awaited.
+OPEN_HOLD_TIME = 240.0
+ADDPATH_MODES = {"receive": 1, "send": 2, "both": 3}
+
+
+class Input(Enum):
+    """What can happen to a session: administrative, transport, timer and message inputs."""
+
+    START_ACTIVE = auto()
+    START_PASSIVE = auto()
+    STOP = auto()
+    TCP_CONNECTED = auto()
+    TCP_FAILED = auto()
+    TCP_CLOSED = auto()
+    CONNECT_RETRY_EXPIRED = auto()
+    HOLD_EXPIRED = auto()
+    ERROR = auto()
+    OPEN = auto()
+    KEEPALIVE = auto()
+    UPDATE = auto()
+    NOTIFICATION = auto()
+    ROUTE_REFRESH = auto()
+
+
+S = State
+I = Input  # noqa: E741 - the table reads better with a one-letter alias
+
+# (state, input) -> next state. Anything absent: a message is an FSM error, the rest is ignored.
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (S.IDLE, I.START_ACTIVE): S.CONNECT,
+    (S.IDLE, I.START_PASSIVE): S.ACTIVE,
+    (S.CONNECT, I.TCP_CONNECTED): S.OPENSENT,
+    (S.CONNECT, I.TCP_FAILED): S.ACTIVE,
+    (S.CONNECT, I.CONNECT_RETRY_EXPIRED): S.CONNECT,
+    (S.CONNECT, I.STOP): S.IDLE,
+    (S.ACTIVE, I.TCP_CONNECTED): S.OPENSENT,
+    (S.ACTIVE, I.CONNECT_RETRY_EXPIRED): S.CONNECT,
+    (S.ACTIVE, I.STOP): S.IDLE,
+    (S.OPENSENT, I.OPEN): S.OPENCONFIRM,
+    (S.OPENSENT, I.TCP_CLOSED): S.ACTIVE,
+    (S.OPENSENT, I.HOLD_EXPIRED): S.IDLE,
+    (S.OPENSENT, I.NOTIFICATION): S.IDLE,
+    (S.OPENSENT, I.ERROR): S.IDLE,
+    (S.OPENSENT, I.STOP): S.IDLE,
+    (S.OPENCONFIRM, I.KEEPALIVE): S.ESTABLISHED,
+    (S.OPENCONFIRM, I.TCP_CLOSED): S.IDLE,
+    (S.OPENCONFIRM, I.HOLD_EXPIRED): S.IDLE,
+    (S.OPENCONFIRM, I.NOTIFICATION): S.IDLE,
+    (S.OPENCONFIRM, I.ERROR): S.IDLE,
+    (S.OPENCONFIRM, I.STOP): S.IDLE,
+    (S.ESTABLISHED, I.KEEPALIVE): S.ESTABLISHED,
+    (S.ESTABLISHED, I.UPDATE): S.ESTABLISHED,
+    (S.ESTABLISHED, I.ROUTE_REFRESH): S.ESTABLISHED,
+    (S.ESTABLISHED, I.TCP_CLOSED): S.IDLE,
+    (S.ESTABLISHED, I.HOLD_EXPIRED): S.IDLE,
+    (S.ESTABLISHED, I.NOTIFICATION): S.IDLE,
+    (S.ESTABLISHED, I.ERROR): S.IDLE,
+    (S.ESTABLISHED, I.STOP): S.IDLE,
+}
+
+MESSAGE_INPUTS = {
+    MSG_OPEN: I.OPEN,
+    MSG_UPDATE: I.UPDATE,
+    MSG_NOTIFICATION: I.NOTIFICATION,
+    MSG_KEEPALIVE: I.KEEPALIVE,
+    MSG_ROUTE_REFRESH: I.ROUTE_REFRESH,
+}
+MESSAGE_NAMES = {
+    MSG_OPEN: "open",
+    MSG_UPDATE: "update",
+    MSG_NOTIFICATION: "notification",
+    MSG_KEEPALIVE: "keepalive",
+    MSG_ROUTE_REFRESH: "route_refresh",
+}
+# RFC 6608: the FSM Error subcode names the state in which the unexpected message came.
+UNEXPECTED_SUBCODE = {
+    S.OPENSENT: E.FSM_UNEXPECTED_IN_OPENSENT,
+    S.OPENCONFIRM: E.FSM_UNEXPECTED_IN_OPENCONFIRM,
+    S.ESTABLISHED: E.FSM_UNEXPECTED_IN_ESTABLISHED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What one configured neighbor needs from us; built by the daemon from its config file."""
+
+    local_asn: int
+    router_id: int
+    remote_asn: int
+    families: frozenset[Family] = frozenset({IPV4_UNICAST})
+    passive: bool = False
+    hold_time: int = 90
+    connect_retry: float = 2.0
+    connect_retry_max: float = 60.0
+    idle_hold: float = 1.0
+    idle_hold_max: float = 60.0
+    add_path: dict[Family, str] = field(default_factory=dict)
+    extended_message: bool = True
+    extended_nexthop: frozenset[Family] = frozenset()
+    graceful_restart: bool = False
+    restart_time: int = 120
+    restarting: bool = False
+    forwarding_preserved: bool = False
+    hostname: str = ""
+    auto_restart: bool = True
+
+    def __hash__(self) -> int:
+        return hash((self.local_asn, self.router_id, self.remote_asn))
+
+    @property
+    def ibgp(self) -> bool:
+        return self.local_asn == self.remote_asn
+
+
+def build_open(cfg: SessionConfig) -> Open:
+    """Our OPEN for this neighbor: one capability per negotiable feature we support."""
+    caps: list = [Multiprotocol(f) for f in sorted(cfg.families)]
+    caps += [RouteRefresh(), EnhancedRouteRefresh(), FourOctetAS(cfg.local_asn)]
+    if cfg.extended_message:
+        caps.append(ExtendedMessage())
+    if cfg.extended_nexthop:
+        caps.append(ExtendedNextHop(tuple((f, 2) for f in sorted(cfg.extended_nexthop))))
+    if cfg.add_path:
+        caps.append(AddPath(tuple((f, ADDPATH_MODES[m]) for f, m in sorted(cfg.add_path.items()))))
+    if cfg.graceful_restart:
+        caps.append(
+            GracefulRestart(
+                restart_time=cfg.restart_time,
+                restarting=cfg.restarting,
+                notification=True,
+                families=tuple((f, cfg.forwarding_preserved) for f in sorted(cfg.families)),
+            )
+        )
+    if cfg.hostname:
+        caps.append(Hostname(cfg.hostname))
+    return Open(
+        asn=cfg.local_asn,
+        hold_time=cfg.hold_time,
+        router_id=cfg.router_id,
+        capabilities=tuple(caps),
+    )
+
+
+@dataclass(slots=True)
+class _Conn:
+    conn_id: int
+    outgoing: bool
+    rx: bytearray = field(default_factory=bytearray)
+    remote_open: Open | None = None
+
+
+class Session:
+    """One neighbor's FSM. Feed it with the methods below; drain `next_event`/`data_to_send`."""
+
+    def __init__(self, config: SessionConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.state = State.IDLE
+        self.negotiated: Negotiated | None = None
+        self.context: CodecContext = DEFAULT_CONTEXT
+        self.local_open = build_open(config)
+        self.last_error = ""
+        self.established_at: float | None = None
+        self.messages_in: dict[str, int] = dict.fromkeys(MESSAGE_NAMES.values(), 0)
+        self.messages_out: dict[str, int] = dict.fromkeys(MESSAGE_NAMES.values(), 0)
+        self.established_count = 0
+        self.hold_expiries = 0
+        self.last_notification: tuple[int, int] | None = None
+        self._rng = rng or random.Random()
+        self._cache = AttrCache()
+        self._events: deque[Event] = deque()
+        self._out: dict[int, bytearray] = {}
+        self._primary: _Conn | None = None
+        self._candidate: _Conn | None = None
+        self._pending_connect: int | None = None
+        self._next_conn_id = 1
+        self._enabled = False
+        self._retries = 0
+        self._failures = 0
+        self._connect_retry_at: float | None = None
+        self._idle_hold_at: float | None = None
+        self._hold_at: float | None = None
+        self._keepalive_at: float | None = None
+        self._hold_time = float(config.hold_time)
+
+    # ---- administrative inputs -------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """ManualStart: begin connecting (or listening only, for a passive neighbor)."""
+        self._enabled = True
+        if self.state is State.IDLE:
+            self._start(now)
+
+    def stop(self, now: float, subcode: int = E.CEASE_ADMIN_SHUTDOWN, message: str = "") -> None:
+        """ManualStop: Cease every connection and stay Idle until started again."""
+        self._enabled = False
+        data = b""
+        if message:
+            # RFC 9003 shutdown communication: a length-prefixed UTF-8 text.
+            text = message.encode()[:255]
+            data = bytes([len(text)]) + text
+        self._teardown(now, I.STOP, "administratively stopped", (E.CEASE, subcode, data))
+
+    # ---- transport inputs ------------------------------------------------------------------
+
+    def new_incoming(self, now: float) -> int | None:
+        """A peer connected to us. Returns the connection id to use, or None to refuse it."""
+        conn_id = self._alloc_conn_id()
+        if not self._enabled:
+            self._events.append(ConnectionRejected(conn_id, "neighbor is administratively down"))
+            return None
+        if self.state in (State.IDLE, State.CONNECT, State.ACTIVE):
+            # The incoming connection wins over an attempt of ours still in flight (§8.2.2).
+            if self._pending_connect is not None:
+                self._events.append(CloseConnection(self._pending_connect))
+                self._pending_connect = None
+            if self.state is State.IDLE:
+                self._enter(State.ACTIVE)
+            self._attach_primary(_Conn(conn_id, outgoing=False), now)
+            return conn_id
+        if self.state is State.ESTABLISHED or self._candidate is not None:
+            # §6.8: a collision with an Established session always keeps the existing one.
+            self._out[conn_id] = bytearray(
+                encode_notification(E.CEASE, E.CEASE_COLLISION_RESOLUTION)
+            )
+            self._events.append(CloseConnection(conn_id))
+            self._events.append(ConnectionRejected(conn_id, "collision with existing session"))
+            return conn_id
+        # OpenSent/OpenConfirm: hold the newcomer until its OPEN names the remote identifier.
+        self._candidate = _Conn(conn_id, outgoing=False)
+        self._send(conn_id, self.local_open)
+        return conn_id
+
+    def connection_made(self, conn_id: int, now: float) -> None:
+        """Our outgoing connection (from ConnectRequested) is up."""
+        if conn_id != self._pending_connect:
+            self._events.append(CloseConnection(conn_id))
+            return
+        self._pending_connect = None
+        if self.state not in (State.CONNECT, State.ACTIVE):
+            self._events.append(CloseConnection(conn_id))
+            return
+        self._attach_primary(_Conn(conn_id, outgoing=True), now)
+
+    def connection_failed(self, conn_id: int, now: float, reason: str = "") -> None:
+        """Our outgoing connection attempt failed (refused, unreachable, timed out)."""
+        if conn_id != self._pending_connect:
+            return
+        self._pending_connect = None
+        self.last_error = f"connect failed: {reason}" if reason else "connect failed"
+        if self.state is State.CONNECT:
+            self._transition(I.TCP_FAILED, now)
+
+    def connection_lost(self, conn_id: int, now: float, reason: str = "") -> None:
+        """A connection closed under us (EOF or error)."""
+        self._out.pop(conn_id, None)
+        if self._candidate is not None and self._candidate.conn_id == conn_id:
+            self._candidate = None
+            return
+        if self._primary is None or self._primary.conn_id != conn_id:
+            return
+        self._primary = None
+        text = f"connection closed: {reason}" if reason else "connection closed by peer"
+        self._session_down(text, None, sent=False)
+        self._transition(I.TCP_CLOSED, now)
+
+    def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
+        """Bytes arrived on a connection; decodes whole messages and acts on each in order."""
+        conn = self._conn(conn_id)
+        if conn is None:
+            return
+        conn.rx += data
+        # Framing is only about lengths; each message is decoded with the context current when
+        # its turn comes, so UPDATEs that trail the OPEN in one read see the negotiated options.
+        ctx = self.context if self.state is State.ESTABLISHED else self._framing_context()
+        try:
+            frames = split_messages(conn.rx, ctx)
+        except NotificationError as err:
+            self._protocol_error(conn, err, now)
+            return
+        for msg_type, body in frames:
+            if self._conn(conn_id) is not conn:
+                return
+            self._on_message(conn, msg_type, body, now)
+
+    # ---- timers ----------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline at which `handle_timer` must be called, if any."""
+        deadlines = [
+            t
+            for t in (self._connect_retry_at, self._idle_hold_at, self._hold_at, self._keepalive_at)
+            if t is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every deadline that is due at `now`."""
+        if self._hold_at is not None and now >= self._hold_at:
+            self._hold_at = None
+            self.hold_expiries += 1
+            self._teardown(
+                now, I.HOLD_EXPIRED, "hold timer expired", (E.HOLD_TIMER_EXPIRED, 0, b"")
+            )
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._send_keepalive(now)
+        if self._connect_retry_at is not None and now >= self._connect_retry_at:
+            self._connect_retry_at = None
+            if not self.config.passive:
+                self._transition(I.CONNECT_RETRY_EXPIRED, now)
+        if self._idle_hold_at is not None and now >= self._idle_hold_at:
+            self._idle_hold_at = None
+            if self.state is State.IDLE and self._enabled:
+                self._start(now)
+
+    # ---- outputs ---------------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> list[tuple[int, bytes]]:
+        """Everything queued per connection since the last call, coalesced into one write."""
+        out = [(cid, bytes(buf)) for cid, buf in self._out.items() if buf]
+        for buf in self._out.values():
+            buf.clear()
+        return out
+
+    def send_updates(self, messages: list[bytes], now: float) -> None:
+        """Queue pre-encoded UPDATE messages on the established connection."""
+        if self.state is not State.ESTABLISHED or self._primary is None:
+            return
+        buf = self._out.setdefault(self._primary.conn_id, bytearray())
+        for msg in messages:
+            buf += msg
+        self.messages_out["update"] += len(messages)
+        if messages:
+            self._restart_keepalive(now)
+
+    def send_route_refresh(self, family: Family, now: float, subtype: int = 0) -> bool:
+        """Ask the peer to re-send a family (RFC 2918), or mark BoRR/EoRR (RFC 7313)."""
+        neg = self.negotiated
+        if self.state is not State.ESTABLISHED or neg is None or self._primary is None:
+            return False
+        if not neg.route_refresh or family not in neg.families:
+            return False
+        if subtype and not neg.enhanced_route_refresh:
+            return False
+        self._send(self._primary.conn_id, RouteRefreshMsg(family, subtype))
+        return True
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _alloc_conn_id(self) -> int:
+        cid = self._next_conn_id
+        self._next_conn_id += 1
+        return cid
+
+    def _conn(self, conn_id: int) -> _Conn | None:
+        for conn in (self._primary, self._candidate):
+            if conn is not None and conn.conn_id == conn_id:
+                return conn
+        return None
+
+    def _framing_context(self) -> CodecContext:
+        # Accepting large messages as soon as we have offered extended message is harmless,
+        # and spares a race where the peer's first big UPDATE trails its KEEPALIVE.
+        return CodecContext(extended_message=self.config.extended_message)
+
+    def _start(self, now: float) -> None:
+        self._transition(I.START_PASSIVE if self.config.passive else I.START_ACTIVE, now)
+
+    def _transition(self, inp: Input, now: float) -> None:
+        nxt = TRANSITIONS.get((self.state, inp))
+        if nxt is None:
+            return
+        prev = self.state
+        self._enter(nxt)
+        if nxt is State.CONNECT:
+            self._connect(now)
+        elif nxt is State.ACTIVE and not (prev is State.CONNECT and self._connect_retry_at):
+            # A failed attempt waits out the deadline armed when it began: one back-off step
+            # per attempt, however fast the refusal came.
+            self._arm_connect_retry(now)
+        elif nxt is State.IDLE and prev is not State.IDLE:
+            self._enter_idle(now)
+
+    def _enter(self, new: State) -> None:
+        if new is not self.state:
+            old, self.state = self.state, new
+            self._events.append(StateChanged(old, new))
+
+    def _connect(self, now: float) -> None:
+        if self._pending_connect is not None:
+            self._events.append(CloseConnection(self._pending_connect))
+        self._pending_connect = self._alloc_conn_id()
+        self._events.append(ConnectRequested(self._pending_connect))
+        self._arm_connect_retry(now)
+
+    def _arm_connect_retry(self, now: float) -> None:
+        if self.config.passive:
+            self._connect_retry_at = None
+            return
+        base = min(self.config.connect_retry * (2**self._retries), self.config.connect_retry_max)
+        self._retries = min(self._retries + 1, 16)
+        # RFC 4271 §10: jitter timers by 0.75..1.0 so that peers do not retry in lockstep.
+        self._connect_retry_at = now + base * self._rng.uniform(0.75, 1.0)
+
+    def _enter_idle(self, now: float) -> None:
+        self._connect_retry_at = None
+        self._hold_at = None
+        self._keepalive_at = None
+        self.negotiated = None
+        self.context = DEFAULT_CONTEXT
+        self._cache = AttrCache()
+        if self._pending_connect is not None:
+            self._events.append(CloseConnection(self._pending_connect))
+            self._pending_connect = None
+        if self._enabled and self.config.auto_restart:
+            delay = min(self.config.idle_hold * (2**self._failures), self.config.idle_hold_max)
+            self._failures = min(self._failures + 1, 16)
+            self._idle_hold_at = now + delay * self._rng.uniform(0.75, 1.0)
+
+    def _attach_primary(self, conn: _Conn, now: float) -> None:
+        self._primary = conn
+        self._connect_retry_at = None
+        self._send(conn.conn_id, self.local_open)
+        self._hold_at = now + OPEN_HOLD_TIME
+        self._transition(I.TCP_CONNECTED, now)
+
+    def _send(self, conn_id: int, msg: object) -> None:
+        wire = encode_message(msg, self.context)
+        self._out.setdefault(conn_id, bytearray()).extend(wire)
+        name = _message_name(msg)
+        self.messages_out[name] += 1
+
+    def _send_keepalive(self, now: float) -> None:
+        if self._primary is not None and self.state in (State.OPENCONFIRM, State.ESTABLISHED):
+            self._out.setdefault(self._primary.conn_id, bytearray()).extend(encode_keepalive())
+            self.messages_out["keepalive"] += 1
+        self._restart_keepalive(now)
+
+    def _restart_keepalive(self, now: float) -> None:
+        if self._hold_time > 0 and self.state in (State.OPENCONFIRM, State.ESTABLISHED):
+            self._keepalive_at = now + self._hold_time / 3
+        else:
+            self._keepalive_at = None
+
+    def _restart_hold(self, now: float) -> None:
+        self._hold_at = now + self._hold_time if self._hold_time > 0 else None
+
+    def _close(self, conn: _Conn, notify: tuple[int, int, bytes] | None) -> None:
+        if notify is not None:
+            code, subcode, data = notify
+            self._out.setdefault(conn.conn_id, bytearray()).extend(
+                encode_notification(code, subcode, data)
+            )
+            self.messages_out["notification"] += 1
+        self._events.append(CloseConnection(conn.conn_id))
+
+    def _session_down(
+        self,
+        reason: str,
+        notification: tuple[int, int] | None,
+        sent: bool,
+        hold_expired: bool = False,
+    ) -> None:
+        self.last_error = reason
+        if notification is not None:
+            self.last_notification = notification
+        if self.state in (State.OPENSENT, State.OPENCONFIRM, State.ESTABLISHED):
+            self._events.append(
+                SessionDown(
+                    reason=reason,
+                    was_established=self.state is State.ESTABLISHED,
+                    notification=notification,
+                    sent=sent,
+                    hold_timer_expired=hold_expired,
+                )
+            )
+        if self.state is State.ESTABLISHED:
+            self.established_at = None
+
+    def _teardown(
+        self, now: float, inp: Input, reason: str, notify: tuple[int, int, bytes] | None
+    ) -> None:
+        """Close every connection (with a NOTIFICATION when given) and apply `inp`."""
+        if self._candidate is not None:
+            self._close(self._candidate, notify)
+            self._candidate = None
+        if self._primary is not None:
+            conn, self._primary = self._primary, None
+            self._close(conn, notify)
+            code = (notify[0], notify[1]) if notify else None
+            self._session_down(reason, code, sent=True, hold_expired=inp is I.HOLD_EXPIRED)
+        elif self._pending_connect is not None:
+            self._events.append(CloseConnection(self._pending_connect))
+            self._pending_connect = None
+        if inp is I.STOP and self.state is not State.IDLE:
+            self._enter(State.IDLE)
+            self._enter_idle(now)
+        else:
+            self._transition(inp, now)
+
+    def _protocol_error(self, conn: _Conn, err: NotificationError, now: float) -> None:
+        if conn is self._candidate:
+            self._close(conn, (err.code, err.subcode, err.data))
+            self._candidate = None
+            return
+        self._teardown(now, I.ERROR, f"sent {err}", (err.code, err.subcode, err.data))
+
+    def _on_message(self, conn: _Conn, msg_type: int, body: bytes, now: float) -> None:
+        name = MESSAGE_NAMES.get(msg_type, "unknown")
+        self.messages_in[name] = self.messages_in.get(name, 0) + 1
+        try:
+            msg = decode_message(msg_type, body, self.context, self._cache)
+        except NotificationError as err:
+            self._protocol_error(conn, err, now)
+            return
+        if conn is self._candidate:
+            self._on_candidate_message(conn, msg, now)
+            return
+        inp = MESSAGE_INPUTS[msg_type]
+        if isinstance(msg, Notification):
+            self._on_notification(msg, now)
+            return
+        if (self.state, inp) not in TRANSITIONS:
+            subcode = UNEXPECTED_SUBCODE.get(self.state, E.FSM_UNSPECIFIED)
+            err = NotificationError(
+                E.FSM_ERROR, subcode, reason=f"unexpected {name} in {self.state.value}"
+            )
+            self._protocol_error(conn, err, now)
+            return
+        if isinstance(msg, Open):
+            self._on_open(conn, msg, now)
+        elif isinstance(msg, Keepalive):
+            self._restart_hold(now)
+            if self.state is State.OPENCONFIRM:
+                self._establish(now)
+        elif isinstance(msg, Update):
+            self._restart_hold(now)
+            if msg.treat_as_withdraw:
+                _withdraw_all(msg)
+            self._events.append(UpdateReceived(msg))
+        elif isinstance(msg, RouteRefreshMsg):
+            self._restart_hold(now)
+            neg = self.negotiated
+            if neg is not None and msg.family in neg.families:
+                # RFC 2918: a refresh for a family we did not negotiate is ignored.
+                self._events.append(RouteRefreshReceived(msg.family, msg.subtype))
+
+    def _on_notification(self, msg: Notification, now: float) -> None:
+        self.last_notification = (msg.code, msg.subcode)
+        reason = f"received {NotificationError(msg.code, msg.subcode)}"
+        if self._primary is not None:
+            conn, self._primary = self._primary, None
+            self._events.append(CloseConnection(conn.conn_id))
+            self._session_down(reason, (msg.code, msg.subcode), sent=False)
+        self._transition(I.NOTIFICATION, now)
+
+    def _check_open(self, msg: Open) -> None:
+        cfg = self.config
+        if msg.asn != cfg.remote_asn:
+            raise NotificationError(
+                E.OPEN_MESSAGE_ERROR,
+                E.BAD_PEER_AS,
+                reason=f"peer AS {msg.asn}, expected {cfg.remote_asn}",
+            )
+        if msg.router_id == cfg.router_id and cfg.ibgp:
+            raise NotificationError(
+                E.OPEN_MESSAGE_ERROR,
+                E.BAD_BGP_IDENTIFIER,
+                reason="peer router-id equals ours on an iBGP session",
+            )
+        neg = negotiate(self.local_open, msg)
+        if not neg.families:
+            ours = encode_optional_parameters(tuple(Multiprotocol(f) for f in sorted(cfg.families)))
+            raise NotificationError(
+                E.OPEN_MESSAGE_ERROR,
+                E.UNSUPPORTED_CAPABILITY,
+                data=ours[2:] if len(ours) > 2 else b"",
+                reason="no address family in common",
+            )
+
+    def _on_open(self, conn: _Conn, msg: Open, now: float) -> None:
+        try:
+            self._check_open(msg)
+        except NotificationError as err:
+            self._protocol_error(conn, err, now)
+            return
+        conn.remote_open = msg
+        cand = self._candidate
+        if cand is not None and cand.remote_open is not None and self._resolve_collision(now):
+            return
+        self._accept_open(conn, msg, now)
+
+    def _accept_open(self, conn: _Conn, msg: Open, now: float) -> None:
+        neg = negotiate(self.local_open, msg)
+        self.negotiated = neg
+        self.context = neg.context
+        self._hold_time = float(neg.hold_time)
+        self._transition(I.OPEN, now)
+        self._send(conn.conn_id, Keepalive())
+        self._restart_keepalive(now)
+        self._restart_hold(now)
+
+    def _on_candidate_message(self, conn: _Conn, msg: object, now: float) -> None:
+        if isinstance(msg, Open):
+            try:
+                self._check_open(msg)
+            except NotificationError as err:
+                self._protocol_error(conn, err, now)
+                return
+            conn.remote_open = msg
+            self._resolve_collision(now)
+        elif isinstance(msg, Notification):
+            self._events.append(CloseConnection(conn.conn_id))
+            self._candidate = None
+        else:
+            self._protocol_error(
+                conn,
+                NotificationError(E.FSM_ERROR, E.FSM_UNEXPECTED_IN_OPENSENT, reason="candidate"),
+                now,
+            )
+
+    def _resolve_collision(self, now: float) -> bool:
+        """§6.8: keep the connection opened by the side with the higher BGP Identifier.
+
+        Returns True when the candidate replaced the primary connection.
+        """
+        cand = self._candidate
+        assert cand is not None and cand.remote_open is not None
+        remote_id = cand.remote_open.router_id
+        primary = self._primary
+        keep_local_initiated = self.config.router_id > remote_id
+        primary_ok = primary is not None and primary.outgoing == keep_local_initiated
+        self._candidate = None
+        if primary_ok or primary is None:
+            self._close(cand, (E.CEASE, E.CEASE_COLLISION_RESOLUTION, b""))
+            self._events.append(ConnectionRejected(cand.conn_id, "lost collision resolution"))
+            return False
+        # The newcomer wins: the old connection ends quietly, the candidate takes its place.
+        self._close(primary, (E.CEASE, E.CEASE_COLLISION_RESOLUTION, b""))
+        self._primary = cand
+        if self.state is State.OPENCONFIRM:
+            # Our OPEN and the peer's are both in; re-run the OPEN exchange's tail on it.
+            self._enter(State.OPENSENT)
+        self._accept_open(cand, cand.remote_open, now)
+        return True
+
+    def _establish(self, now: float) -> None:
+        self._transition(I.KEEPALIVE, now)
+        self.established_at = now
+        self.established_count += 1
+        self._retries = 0
+        self._failures = 0
+        self.last_error = ""
+        assert self.negotiated is not None
+        self._events.append(SessionEstablished(self.negotiated))
+
+
+def _withdraw_all(update: Update) -> None:
+    """RFC 7606 treat-as-withdraw: every announced NLRI of the UPDATE becomes a withdrawal."""
+    for fam, nlri in update.announce.items():
+        update.withdraw.setdefault(fam, []).extend(nlri)
+    update.announce.clear()
+    update.next_hop.clear()
+    update.attrs = None
+
+
+def _message_name(msg: object) -> str:
+    if isinstance(msg, Open):
+        return "open"
+    if isinstance(msg, Keepalive):
+        return "keepalive"
+    if isinstance(msg, Notification):
+        return "notification"
+    if isinstance(msg, RouteRefreshMsg):
+        return "route_refresh"
+    return "update"
