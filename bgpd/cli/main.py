@@ -1,0 +1,66 @@
+"""The `routemesh` and `bgpd` commands: argument parsing and the verb table.
+
+Each verb group lives in its own module and is listed in `VERBS` explicitly, so nothing is
+registered by the side effect of an import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from bgpd.cli import bgp, selector
+
+# name -> (help, add_arguments, run); `run` returns the exit code.
+Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+VERBS: dict[str, Verb] = {
+    "bgpd": ("run the standalone BGP daemon", bgp.add_daemon_args, bgp.run_daemon_cmd),
+    "bgp": ("ask a running bgpd (status, routes)", bgp.add_bgp_args, bgp.run_bgp_cmd),
+    "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
+    "version": ("print the version", lambda p: None, lambda a: _version()),
+}
+
+
+def _version() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        print(f"routemesh {version('routemesh')}")
+    except PackageNotFoundError:
+        print("routemesh (not installed)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="routemesh", description="Calico-style L3 container networking"
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name, (helptext, add_args, _run) in VERBS.items():
+        add_args(sub.add_parser(name, help=helptext, description=helptext))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `routemesh`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return VERBS[args.verb][2](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def bgpd_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `bgpd`: the same as `routemesh bgpd`."""
+    parser = argparse.ArgumentParser(prog="bgpd", description="routemesh BGP daemon")
+    bgp.add_daemon_args(parser)
+    return bgp.run_daemon_cmd(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
