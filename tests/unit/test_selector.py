@@ -29,7 +29,12 @@ from policy.selector import (
     parse,
 )
 
-EXAMPLES = Path(os.environ.get("ROUTEMESH_EXAMPLES", "/work/shared/examples"))
+# The repo is cloned with shared/ beside it (locally and in CI).
+EXAMPLES = Path(
+    os.environ.get(
+        "ROUTEMESH_EXAMPLES", Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+    )
+)
 
 OPERAND = "a label key, '!', '(', 'has(', 'all()' or 'global()'"
 OPERATOR = "'==', '!=', 'in', 'not in', 'contains', 'starts with' or 'ends with'"
