@@ -10,11 +10,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgpd.cli import bgp, selector
+from bgpd.cli import bgp, demo, selector
 
 # name -> (help, add_arguments, run); `run` returns the exit code.
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 VERBS: dict[str, Verb] = {
+    "demo": ("run the demo lab in network namespaces", demo.add_args, demo.run),
     "bgpd": ("run the standalone BGP daemon", bgp.add_daemon_args, bgp.run_daemon_cmd),
     "bgp": ("ask a running bgpd (status, routes)", bgp.add_bgp_args, bgp.run_bgp_cmd),
     "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
