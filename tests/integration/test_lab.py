@@ -175,7 +175,7 @@ def _md5_counters(ns: Netns) -> dict[str, int]:
     return counters
 
 
-def _assert_md5_blocks(pair: Pair, seconds: float, counter: str) -> None:
+def _assert_md5_blocks(pair: Pair, seconds: float) -> None:
     a, b = pair.left, pair.right
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -185,8 +185,10 @@ def _assert_md5_blocks(pair: Pair, seconds: float, counter: str) -> None:
     # Not established could also mean a daemon never tried; the kernel's drop counters
     # show that SYNs really arrived and were refused for their signature.
     assert a.running and b.running, "a daemon died: " + a.log_tail() + b.log_tail()
-    drops = sum(_md5_counters(p.ns).get(counter, 0) for p in (a, b))
-    assert drops > 0, f"no {counter} drops in either namespace"
+    # Which counter moves (Failure: wrong signature, NotFound: missing one, Unexpected:
+    # signature nobody asked for) depends on who dials first, so count them all.
+    drops = {p.ns.name: _md5_counters(p.ns) for p in (a, b)}
+    assert any(v for c in drops.values() for v in c.values()), f"no TCP-MD5 drops: {drops}"
 
 
 def test_md5_matching_passwords_establish(lab: Lab) -> None:
@@ -200,14 +202,13 @@ def test_md5_wrong_password_does_not_establish(lab: Lab) -> None:
     pair = make_pair(lab, "bird", "gobgp", left_password="s3cret", right_password="wrong")
     start(pair)
     # Both sides connect every second or two (lab timers), so 6s covers several attempts.
-    _assert_md5_blocks(pair, 6.0, "TcpExtTCPMD5Failure")
+    _assert_md5_blocks(pair, 6.0)
 
 
 def test_md5_password_on_one_side_only_does_not_establish(lab: Lab) -> None:
     pair = make_pair(lab, "bird", "gobgp", left_password="s3cret")
     start(pair)
-    # GoBGP's unsigned SYNs reach a socket that expects a signature.
-    _assert_md5_blocks(pair, 5.0, "TcpExtTCPMD5NotFound")
+    _assert_md5_blocks(pair, 5.0)
 
 
 def test_bird_restart_after_kill9_reestablishes_and_reannounces(lab: Lab) -> None:
