@@ -611,8 +611,7 @@ class Session:
                 self._establish(now)
         elif isinstance(msg, Update):
             self._restart_hold(now)
-            if msg.treat_as_withdraw:
-                _withdraw_all(msg)
+            # RFC 7606 treat-as-withdraw is already applied by the decoder.
             self._events.append(UpdateReceived(msg))
         elif isinstance(msg, RouteRefreshMsg):
             self._restart_hold(now)
@@ -729,15 +728,6 @@ class Session:
         self.last_error = ""
         assert self.negotiated is not None
         self._events.append(SessionEstablished(self.negotiated))
-
-
-def _withdraw_all(update: Update) -> None:
-    """RFC 7606 treat-as-withdraw: every announced NLRI of the UPDATE becomes a withdrawal."""
-    for fam, nlri in update.announce.items():
-        update.withdraw.setdefault(fam, []).extend(nlri)
-    update.announce.clear()
-    update.next_hop.clear()
-    update.attrs = None
 
 
 def _message_name(msg: object) -> str:
