@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import ClassVar, Final
 
 from policy.selector_lexer import (
     AND,
@@ -258,70 +258,61 @@ class NotIn(Selector):
         return f"{self.key} not in {_render_set(self.values)}"
 
 
-@dataclass(frozen=True, slots=True)
-class StartsWith(Selector):
-    """`key starts with 'prefix'`: false when the label is absent."""
+class _StringMatch(Selector):
+    """A `key <word> 'value'` test on the label's text: false when the label is absent."""
 
+    __slots__ = ()
     key: str
     value: str
+    WORD: ClassVar[str]
+
+    @staticmethod
+    def _test(found: str, value: str) -> bool:
+        raise NotImplementedError
 
     def __post_init__(self) -> None:
         _check_key(self.key)
         _check_value(self.value)
-        key, value = self.key, self.value
+        key, value, test = self.key, self.value, self._test
 
         def match(labels: Labels) -> bool:
             found = labels.get(key)
-            return found is not None and found.startswith(value)
+            return found is not None and test(found, value)
 
         self._init_caches(match)
 
     def _render(self) -> str:
-        return f"{self.key} starts with {_quote(self.value)}"
+        return f"{self.key} {self.WORD} {_quote(self.value)}"
 
 
 @dataclass(frozen=True, slots=True)
-class EndsWith(Selector):
-    """`key ends with 'suffix'`: false when the label is absent."""
+class StartsWith(_StringMatch):
+    """`key starts with 'prefix'`."""
 
     key: str
     value: str
-
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_value(self.value)
-        key, value = self.key, self.value
-
-        def match(labels: Labels) -> bool:
-            found = labels.get(key)
-            return found is not None and found.endswith(value)
-
-        self._init_caches(match)
-
-    def _render(self) -> str:
-        return f"{self.key} ends with {_quote(self.value)}"
+    WORD: ClassVar[str] = "starts with"
+    _test = staticmethod(str.startswith)
 
 
 @dataclass(frozen=True, slots=True)
-class Contains(Selector):
-    """`key contains 'part'`: false when the label is absent."""
+class EndsWith(_StringMatch):
+    """`key ends with 'suffix'`."""
 
     key: str
     value: str
+    WORD: ClassVar[str] = "ends with"
+    _test = staticmethod(str.endswith)
 
-    def __post_init__(self) -> None:
-        _check_key(self.key)
-        _check_value(self.value)
-        key, value = self.key, self.value
 
-        def match(labels: Labels) -> bool:
-            found = labels.get(key)
-            return found is not None and value in found
+@dataclass(frozen=True, slots=True)
+class Contains(_StringMatch):
+    """`key contains 'part'`."""
 
-        self._init_caches(match)
-
-    def _render(self) -> str:
-        return f"{self.key} contains {_quote(self.value)}"
+    key: str
+    value: str
+    WORD: ClassVar[str] = "contains"
+    _test = staticmethod(str.__contains__)
 
 
 def _check_operand(operand: object) -> None:
