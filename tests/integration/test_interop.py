@@ -27,7 +27,30 @@ class TwoOctetBird(BirdPeer):
         return [*block[:-1], "  enable as4 off;", block[-1]]
 
 
-PEERS_EXTRA = {"bird-2octet": TwoOctetBird}
+class TwoOctetExabgp(ExabgpPeer):
+    """ExaBGP with 4-octet AS disabled: a true 2-octet speaker that can peer with AS_TRANS."""
+
+    def config_text(self):
+        return (
+            super()
+            .config_text()
+            .replace("  family {", "  capability { asn4 disable; }\n  family {")
+        )
+
+    def as_paths(self) -> dict[str, list[int]]:
+        paths: dict[str, list[int]] = {}
+        for msg in self._messages():
+            update = msg.get("neighbor", {}).get("message", {}).get("update", {})
+            segments = update.get("attribute", {}).get("as-path", {})
+            # ExaBGP 5 prints {"0": {"element": "as-sequence", "value": [...]}, ...}.
+            path = [asn for _, seg in sorted(segments.items()) for asn in seg["value"]]
+            for entries in update.get("announce", {}).get("ipv4 unicast", {}).values():
+                for entry in entries:
+                    paths[entry["nlri"]] = path
+        return paths
+
+
+PEERS_EXTRA = {"bird-2octet": TwoOctetBird, "exabgp-2octet": TwoOctetExabgp}
 
 
 def build(
@@ -103,8 +126,8 @@ def test_session_and_routes_both_ways(lab, kind, transport):
 def test_two_octet_as_peer(lab):
     """BIRD with 4-octet AS switched off: the session runs with 2-octet AS_PATHs both ways.
 
-    (BIRD cannot be configured with a neighbor AS above 65535 once as4 is off, so AS_TRANS and
-    AS4_PATH merging are covered by the codec's golden vectors rather than live.)
+    (BIRD cannot be configured with a neighbor AS above 65535 once as4 is off; AS_TRANS and
+    AS4_PATH are shown live with a 2-octet ExaBGP below.)
     """
     ours, peer, our_addr, peer_addr = build(lab, "bird-2octet", 4, our_asn=64512, peer_asn=65010)
     peer.announce(["10.244.2.0/26"])
@@ -122,6 +145,25 @@ def test_two_octet_as_peer(lab):
         lambda: [r for r in ours.routes() if r["prefix"] == "10.244.2.0/26"],
         timeout=30,
         what="BIRD route at routemesh",
+    )
+    (route,) = [r for r in ours.routes() if r["prefix"] == "10.244.2.0/26"]
+    assert route["as_path"] == [65010]
+
+
+def test_two_octet_peer_sees_as_trans_and_as4_path(lab):
+    """Our 4-octet AS toward a 2-octet ExaBGP: OPEN and AS_PATH carry AS_TRANS, AS4_PATH the
+    real number, and ExaBGP's RFC 6793 merge recovers it."""
+    ours, peer, _our_addr, peer_addr = build(
+        lab, "exabgp-2octet", 4, our_asn=4200000001, peer_asn=65010, seen_as=23456
+    )
+    peer.announce(["10.244.2.0/26"])
+    ours.wait_established(peer_addr, timeout=30)
+    peer.wait_routes({("10.244.1.0/26", OUR_V4)}, timeout=30)
+    assert peer.as_paths()["10.244.1.0/26"] == [4200000001]
+    wait_for(
+        lambda: [r for r in ours.routes() if r["prefix"] == "10.244.2.0/26"],
+        timeout=30,
+        what="ExaBGP route at routemesh",
     )
     (route,) = [r for r in ours.routes() if r["prefix"] == "10.244.2.0/26"]
     assert route["as_path"] == [65010]
