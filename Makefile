@@ -17,6 +17,6 @@ demo: setup
 bench: setup
 	$(VENV)/pytest tests/bench -m slow $(ARGS)
 
-lint:
+lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .

@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
     bird2 gobgpd frr etcd-server prometheus iptables ipset containernetworking-plugins
-    iproute2 tcpdump procps psmisc iputils-ping
+    iproute2 tcpdump procps psmisc
+    # Not in the original list but needed: ping for lab reachability checks, and venv
+    # support, which Debian ships separately from python3.
+    iputils-ping python3 python3-venv
 )
 # Services the packages above ship. Tests start their own instances inside namespaces, so a
 # packaged one would only hold ports, sockets and pid files the lab expects to be free.
