@@ -7,6 +7,7 @@ instances run at once; state and routes are read back through the daemon's own C
 from __future__ import annotations
 
 import abc
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -220,6 +221,23 @@ class Peer(abc.ABC):
             what=f"{self} to drop {sorted(gone)}",
             describe=lambda: self._describe_routes(families),
         )
+
+    # Async twins: the blocking waits above would freeze an event loop that runs our own
+    # speaker in the same test, so these poll from a worker thread instead.
+
+    async def wait_established_async(self, peer_addr: str, timeout: float = 30.0) -> None:
+        """wait_established() without blocking the running event loop."""
+        await asyncio.to_thread(self.wait_established, peer_addr, timeout)
+
+    async def wait_routes_async(
+        self, expected: Iterable[Route], timeout: float = 30.0
+    ) -> set[Route]:
+        """wait_routes() without blocking the running event loop."""
+        return await asyncio.to_thread(self.wait_routes, list(expected), timeout)
+
+    async def wait_no_routes_async(self, prefixes: Iterable[str], timeout: float = 30.0) -> None:
+        """wait_no_routes() without blocking the running event loop."""
+        await asyncio.to_thread(self.wait_no_routes, list(prefixes), timeout)
 
     def _describe_routes(self, families: Iterable[Family]) -> str:
         parts = []
