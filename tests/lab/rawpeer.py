@@ -143,9 +143,11 @@ class RawPeer:
         netns: str | None = None,
         source: str | None = None,
         timeout: float = 5.0,
+        ttl: int | None = None,
     ) -> None:
         self.remote, self.port, self.netns, self.source = remote, port, netns, source
         self.timeout = timeout
+        self.ttl = ttl
         self.sock: socket.socket | None = None
         self._rx = bytearray()
         self.eof = False
@@ -159,6 +161,12 @@ class RawPeer:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.settimeout(self.timeout)
+                if self.ttl is not None:
+                    # For GTSM tests: the TTL (hop limit) every segment we send leaves with.
+                    if family == socket.AF_INET:
+                        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.ttl)
+                    else:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, self.ttl)
                 if self.source:
                     sock.bind((self.source, 0))
                 sock.connect((self.remote, self.port))
