@@ -29,7 +29,7 @@ from bgpd.speaker.capabilities import (
     Multiprotocol,
     Negotiated,
     RouteRefresh,
-    encode_optional_parameters,
+    encode_capability,
     negotiate,
 )
 from bgpd.speaker.context import DEFAULT_CONTEXT, CodecContext
@@ -645,11 +645,13 @@ class Session:
             )
         neg = negotiate(self.local_open, msg)
         if not neg.families:
-            ours = encode_optional_parameters(tuple(Multiprotocol(f) for f in sorted(cfg.families)))
+            # RFC 5492 §3: the data is the list of capabilities (code, length, value) we need,
+            # without the optional-parameter framing that encode_optional_parameters adds.
+            ours = b"".join(encode_capability(Multiprotocol(f)) for f in sorted(cfg.families))
             raise NotificationError(
                 E.OPEN_MESSAGE_ERROR,
                 E.UNSUPPORTED_CAPABILITY,
-                data=ours[2:] if len(ours) > 2 else b"",
+                data=ours,
                 reason="no address family in common",
             )
 
