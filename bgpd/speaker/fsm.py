@@ -178,9 +178,6 @@ class SessionConfig:
     hostname: str = ""
     auto_restart: bool = True
 
-    def __hash__(self) -> int:
-        return hash((self.local_asn, self.router_id, self.remote_asn))
-
     @property
     def ibgp(self) -> bool:
         return self.local_asn == self.remote_asn
