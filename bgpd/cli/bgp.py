@@ -61,11 +61,11 @@ def run_bgp_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _since(seconds: float) -> str:
-    s = int(seconds)
-    if s <= 0:
+def _since(row: dict[str, Any]) -> str:
+    """Session age as hh:mm:ss; '-' only when the session is not up (a new one shows 00:00:00)."""
+    if row["state"] != "Established":
         return "-"
-    h, rem = divmod(s, 3600)
+    h, rem = divmod(int(row["uptime_s"]), 3600)
     m, s = divmod(rem, 60)
     return f"{h:02d}:{m:02d}:{s:02d}"
 
@@ -90,7 +90,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
             str(r["remote_asn"]),
             r.get("type", ""),
             r["state"],
-            _since(r["uptime_s"]),
+            _since(r),
             f"{r['prefixes_received']}/{r['prefixes_accepted']}/{r['prefixes_advertised']}",
             r["last_error"] or "",
         ]
