@@ -26,7 +26,7 @@ def row(state: str, uptime: float) -> dict:
 def test_since_column_shows_a_fresh_session_and_hides_a_down_one():
     assert "| 00:00:00 |" in format_status([row("Established", 0.4)])
     assert "| 01:01:01 |" in format_status([row("Established", 3661.9)])
-    assert "| -        |" in format_status([row("Active", 0)])
+    assert "| Active | -     |" in format_status([row("Active", 0)])
     assert "3/2/1" in format_status([row("Active", 0)])
 
 
