@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
@@ -159,38 +159,25 @@ def _check_cidr(value: str) -> str:
     return value
 
 
-def _check_net(value: str) -> str:
-    # Policy nets and IP reservations take a CIDR or a bare address (meaning /32 or /128).
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR or IP address") from None
-    return value
+def _parsed_by(parse: Callable[[str], object], what: str) -> Callable[[str], str]:
+    """A validator that accepts what `parse` accepts, and names `what` it expected otherwise."""
+
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid {what}") from None
+        return value
+
+    return check
 
 
-def _check_ip(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid IP address") from None
-    return value
-
-
-def _check_ipv4(value: str) -> str:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid IPv4 address") from None
-    return value
-
-
-def _check_interface(value: str) -> str:
-    # Node addresses are written "address/prefix" with host bits (198.18.0.10/24).
-    try:
-        ipaddress.ip_interface(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid address/prefix") from None
-    return value
+# Policy nets and IP reservations take a CIDR or a bare address (meaning /32 or /128).
+_check_net = _parsed_by(lambda v: ipaddress.ip_network(v, strict=False), "CIDR or IP address")
+_check_ip = _parsed_by(ipaddress.ip_address, "IP address")
+_check_ipv4 = _parsed_by(ipaddress.IPv4Address, "IPv4 address")
+# Node addresses are written "address/prefix" with host bits (198.18.0.10/24).
+_check_interface = _parsed_by(ipaddress.ip_interface, "address/prefix")
 
 
 def _check_selector(value: str) -> str:
