@@ -120,16 +120,16 @@ make_venv() {
         "$py" -m venv .venv
     fi
     # Reinstalling costs several seconds, so only do it when the editable install, the test
-    # extras or pyroute2 are missing, or pyproject changed since the last install.
+    # extras or a runtime dependency is missing, or pyproject changed since the last install.
     local stamp=.venv/.routemesh-setup-stamp
     if [[ -f $stamp && $stamp -nt pyproject.toml ]] &&
-        .venv/bin/python -c 'import bgpd, pytest, pytest_asyncio, pytest_timeout, hypothesis, exabgp, pyroute2' 2>/dev/null &&
+        .venv/bin/python -c 'import bgpd, pytest, pytest_asyncio, pytest_timeout, hypothesis, exabgp, pyroute2, aetcd, prometheus_client' 2>/dev/null &&
         [[ -x .venv/bin/ruff ]]; then
         log "venv up to date"
         return
     fi
     log "installing project into .venv"
-    .venv/bin/python -m pip install --quiet -e '.[test]' pyroute2
+    .venv/bin/python -m pip install --quiet -e '.[test]'
     touch "$stamp"
 }
 
