@@ -42,7 +42,7 @@ from bgpd.speaker.errors import (
     UPDATE_MESSAGE_ERROR,
     NotificationError,
 )
-from bgpd.speaker.nlri import decode_prefixes, encode_prefixes
+from bgpd.speaker.nlri import decode_prefixes, encode_prefixes, pack_prefixes
 from bgpd.speaker.types import (
     AFI_IPV4,
     HEADER_LEN,
@@ -488,31 +488,6 @@ def encode_message(msg: Message, ctx: CodecContext = DEFAULT_CONTEXT) -> bytes:
     raise TypeError(f"not a BGP message: {type(msg).__name__}")
 
 
-def _pack(entries: Sequence[NLRI], width: int, addpath: bool, room: int) -> list[bytes]:
-    """Encode NLRI into runs of at most `room` bytes each (one run per UPDATE)."""
-    runs: list[bytes] = []
-    cur = bytearray()
-    for addr, plen, path_id in entries:
-        nbytes = (plen + 7) >> 3
-        if not 0 <= plen <= width:
-            raise ValueError(f"prefix length {plen} out of range")
-        size = 1 + nbytes + (4 if addpath else 0)
-        if len(cur) + size > room:
-            if not cur:
-                raise ValueError("no room for a single prefix in an UPDATE")
-            runs.append(bytes(cur))
-            cur = bytearray()
-        if addpath:
-            cur += path_id.to_bytes(4, "big")
-        cur.append(plen)
-        if nbytes:
-            mask = ((1 << plen) - 1) << (width - plen)
-            cur += ((addr & mask) >> (width - 8 * nbytes)).to_bytes(nbytes, "big")
-    if cur:
-        runs.append(bytes(cur))
-    return runs
-
-
 # Fixed per-UPDATE overhead: header, withdrawn length, total attribute length.
 _UPDATE_OVERHEAD = HEADER_LEN + 4
 
@@ -545,7 +520,7 @@ def encode_updates(
         prefix = len(attr_bytes).to_bytes(2, "big") + attr_bytes
         room = max_len - _UPDATE_OVERHEAD - len(attr_bytes)
         out = []
-        for run in _pack(nlri, width, addpath, room):
+        for run in pack_prefixes(nlri, width, addpath, room):
             body = b"\x00\x00" + prefix + run
             out.append(MARKER + (HEADER_LEN + len(body)).to_bytes(2, "big") + b"\x02" + body)
         return out
@@ -556,7 +531,7 @@ def encode_updates(
     # Budget for the 4-byte extended attribute header; short runs may use 3 and stay under.
     room = max_len - _UPDATE_OVERHEAD - len(head) - len(tail) - 4 - len(mp_head)
     out = []
-    for run in _pack(nlri, width, addpath, room):
+    for run in pack_prefixes(nlri, width, addpath, room):
         attr_block = (
             head + encode_attribute(FLAG_OPTIONAL, ATTR_MP_REACH_NLRI, mp_head + run) + tail
         )
@@ -574,12 +549,12 @@ def encode_withdrawals(ctx: CodecContext, family: Family, nlri: Sequence[NLRI]) 
     width = 32 if family.afi == AFI_IPV4 else 128
     out = []
     if family == IPV4_UNICAST:
-        for run in _pack(nlri, width, addpath, max_len - _UPDATE_OVERHEAD):
+        for run in pack_prefixes(nlri, width, addpath, max_len - _UPDATE_OVERHEAD):
             out.append(frame(MSG_UPDATE, _update_body(run, b"", b"")))
         return out
     mp_head = encode_mp_unreach(family, b"")
     room = max_len - _UPDATE_OVERHEAD - 4 - len(mp_head)
-    for run in _pack(nlri, width, addpath, room):
+    for run in pack_prefixes(nlri, width, addpath, room):
         attr = encode_attribute(FLAG_OPTIONAL, ATTR_MP_UNREACH_NLRI, mp_head + run)
         out.append(frame(MSG_UPDATE, _update_body(b"", attr, b"")))
     return out

@@ -81,34 +81,63 @@ def decode_prefixes(data: bytes | memoryview, afi: int, addpath: bool) -> list[N
     return out
 
 
-def encode_prefix(addr: int, plen: int, path_id: int, width: int, addpath: bool) -> bytes:
-    """One NLRI entry; host bits beyond plen are masked off."""
-    nbytes = (plen + 7) >> 3
-    addr &= _MASK[width][plen]
-    body = bytes((plen,)) + (addr >> (width - 8 * nbytes)).to_bytes(nbytes, "big")
-    if addpath:
-        return path_id.to_bytes(4, "big") + body
-    return body
+def _entry_table(width: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Per prefix length: (plen byte pre-shifted, address shift, entry size, network mask).
+
+    With these an entry is one int (length byte and significant address bytes together)
+    turned into bytes by a single to_bytes call, which is what makes encoding cheap.
+    """
+    rows = []
+    for plen in range(width + 1):
+        nbytes = (plen + 7) >> 3
+        rows.append((plen << (8 * nbytes), width - 8 * nbytes, nbytes + 1, _MASK[width][plen]))
+    return tuple(rows)
+
+
+_ENTRY = {w: _entry_table(w) for w in (32, 128)}
+
+
+def pack_prefixes(
+    nlri: Iterable[NLRI], width: int, addpath: bool, room: int | None = None
+) -> list[bytes]:
+    """Encode NLRI into runs of at most ``room`` bytes each (one run per UPDATE).
+
+    Host bits beyond the prefix length are masked off: peers such as GoBGP reject them.
+    ``room=None`` puts everything in one run. Path ids are written only when addpath is set.
+    """
+    table = _ENTRY[width]
+    limit = room if room is not None else 1 << 62
+    extra = 4 if addpath else 0
+    runs: list[bytes] = []
+    cur: list[bytes] = []
+    append = cur.append
+    used = 0
+    for addr, plen, path_id in nlri:
+        if not 0 <= plen <= width:
+            raise ValueError(f"prefix length {plen} out of range for a {width}-bit address")
+        head, shift, size, mask = table[plen]
+        if used + size + extra > limit:
+            if not cur:
+                raise ValueError("no room for a single prefix in an UPDATE")
+            runs.append(b"".join(cur))
+            cur = []
+            append = cur.append
+            used = 0
+        if addpath:
+            append(
+                ((path_id << (8 * size)) | head | ((addr & mask) >> shift)).to_bytes(
+                    size + 4, "big"
+                )
+            )
+        else:
+            append((head | ((addr & mask) >> shift)).to_bytes(size, "big"))
+        used += size + extra
+    if cur:
+        runs.append(b"".join(cur))
+    return runs
 
 
 def encode_prefixes(nlri: Iterable[NLRI], afi: int, addpath: bool) -> bytes:
     """Encode NLRI tuples back-to-back; path ids are written only when addpath is set."""
-    width = _width(afi)
-    mask = _MASK[width]
-    parts = []
-    append = parts.append
-    for addr, plen, path_id in nlri:
-        if not 0 <= plen <= width:
-            raise ValueError(f"prefix length {plen} out of range for AFI {afi}")
-        nbytes = (plen + 7) >> 3
-        if addpath:
-            append(path_id.to_bytes(4, "big"))
-        append(bytes((plen,)))
-        # Masking keeps host bits off the wire: peers such as GoBGP reject them.
-        append(((addr & mask[plen]) >> (width - 8 * nbytes)).to_bytes(nbytes, "big"))
-    return b"".join(parts)
-
-
-def encoded_size(plen: int, addpath: bool) -> int:
-    """Bytes one NLRI entry takes on the wire; used to pack UPDATEs without re-encoding."""
-    return 1 + ((plen + 7) >> 3) + (4 if addpath else 0)
+    runs = pack_prefixes(nlri, _width(afi), addpath)
+    return runs[0] if runs else b""
