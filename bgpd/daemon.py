@@ -104,9 +104,10 @@ class Daemon:
         for nb in self.config.neighbors:
             self.peers[nb.address] = Peer(nb, self._make_driver(nb, loop))
         md5 = {nb.address: nb.password for nb in self.config.neighbors if nb.password}
+        gtsm = {nb.address: nb.ttl_security for nb in self.config.neighbors}
         for addr in gl.listen_addresses:
             try:
-                await self.listener.listen(addr, gl.listen_port, md5)
+                await self.listener.listen(addr, gl.listen_port, md5, gtsm)
             except OSError as err:
                 log.error("cannot listen on [%s]:%d: %s", addr, gl.listen_port, err.strerror)
                 await self.listener.close()
