@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.etcd import EtcdServer
 from tests.lab.netns import Lab
 from tests.lab.require import require_netns
 
@@ -16,3 +17,17 @@ def lab() -> Iterator[Lab]:
     require_netns()
     with Lab() as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A real etcd on free loopback ports (plaintext); `.url`, `.endpoint`, `.restart()`."""
+    with EtcdServer() as server:
+        yield server
+
+
+@pytest.fixture
+def etcd_tls_server() -> Iterator[EtcdServer]:
+    """A real etcd that requires TLS client certificates; `.tls` holds the PEM paths."""
+    with EtcdServer(tls=True) as server:
+        yield server
