@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bgpd.speaker.events import CloseConnection, ConnectionRejected, ConnectRequested, Event
@@ -61,6 +61,20 @@ def set_ttl_security(sock: socket.socket, family: int, hops: int | None) -> None
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MINHOPCOUNT, 256 - hops)
+
+
+def listener_gtsm_hops(ttl_security: Mapping[str, int | None], family: int) -> int | None:
+    """Hops to enforce on a shared listening socket of ``family``, or None.
+
+    The minimum TTL of a listening socket applies to every peer, so it can only be set when
+    every neighbor of that family uses GTSM; then the widest hop count among them is safe.
+    Otherwise each accepted socket gets its own peer's limit right after accept.
+    """
+    v6 = family == socket.AF_INET6
+    hops = [h for addr, h in ttl_security.items() if (":" in addr) == v6]
+    if not hops or any(not h for h in hops):
+        return None
+    return max(h for h in hops if h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +275,14 @@ class Listener:
         self.servers: list[asyncio.Server] = []
         self.sockets: list[socket.socket] = []
 
-    async def listen(self, address: str, port: int, md5: dict[str, str]) -> None:
+    async def listen(
+        self,
+        address: str,
+        port: int,
+        md5: Mapping[str, str],
+        ttl_security: Mapping[str, int | None] | None = None,
+    ) -> None:
+        """Listen on one address; ``ttl_security`` maps every configured neighbor to its hops."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -271,6 +292,11 @@ class Listener:
         for peer, password in md5.items():
             if (":" in peer) == (family == socket.AF_INET6):
                 set_md5(sock, peer, password)
+        hops = listener_gtsm_hops(ttl_security or {}, family)
+        if hops is not None:
+            # Accepted sockets inherit IP_MINTTL, so the kernel drops a far-away SYN before
+            # any handshake, closing the window in which data could queue before we set it.
+            set_ttl_security(sock, family, hops)
         sock.bind((address, port))
         sock.listen(64)
         sock.setblocking(False)

@@ -218,15 +218,56 @@ def test_status_table_columns(lab: Lab) -> None:
 # -- GTSM -------------------------------------------------------------------------------------
 
 
-def test_gtsm_direct_neighbor_establishes(lab: Lab) -> None:
+def test_gtsm_direct_neighbor_establishes_and_far_syn_is_dropped(lab: Lab) -> None:
     ours, bird, raw_ns = two_peers(lab, bird_cls=GtsmBird, ttl_security=1)
     ours.wait_established(BIRD_ADDR, timeout=30)
     bird.wait_established(OURS, timeout=30)
     bird.wait_routes({(OUR_ROUTE, OURS)}, timeout=30)
-    # A neighbor whose packets arrive with TTL below 255 never gets a session: the kernel
-    # drops its segments once the daemon has set IP_MINTTL on the accepted socket. (Its first
-    # OPEN may still slip in if it was queued before that; its KEEPALIVE, sent only after our
-    # KEEPALIVE, never does.)
+    # Every IPv4 neighbor uses GTSM, so the listening socket itself carries IP_MINTTL: a SYN
+    # that arrives with TTL 64 is dropped by the kernel and no handshake ever completes.
+    low = RawPeer(OURS_RAW, netns=raw_ns.name, ttl=64, timeout=3)
+    with pytest.raises(OSError):
+        low.connect()
+    assert ours.peer_status(RAW_ADDR)["state"] != "Established"
+    assert ours.peer_status(RAW_ADDR)["established_count"] == 0
+    # The same neighbor sending with TTL 255 is let in: the filter is the TTL, not the address.
+    with RawPeer(OURS_RAW, netns=raw_ns.name, ttl=255, timeout=10).connect() as good:
+        good.handshake(build_open(RAW_ASN, RAW_ADDR))
+        ours.wait_established(RAW_ADDR)
+    assert ours.peer_status(BIRD_ADDR)["established_count"] == 1
+
+
+def test_gtsm_on_one_neighbor_only_is_enforced_per_connection(lab: Lab) -> None:
+    """With a non-GTSM neighbor on the same listener, the limit is set on the accepted socket."""
+    require_root()
+    BirdPeer.require()
+    dut, bird_ns, raw_ns = lab.netns(), lab.netns(), lab.netns()
+    lab.veth(dut, bird_ns, f"{OURS}/24", f"{BIRD_ADDR}/24")
+    lab.veth(dut, raw_ns, f"{OURS_RAW}/24", f"{RAW_ADDR}/24")
+    bird = BirdPeer(
+        bird_ns,
+        asn=BIRD_ASN,
+        router_id=BIRD_ADDR,
+        local_addresses=[BIRD_ADDR],
+        neighbors=[PeerNeighbor(OURS, OUR_ASN, hold_time=9, families=("ipv4",))],
+    )
+    bird.start()
+    ours = RoutemeshSpeaker(
+        lab,
+        dut,
+        asn=OUR_ASN,
+        router_id=OURS,
+        neighbors=[
+            OurNeighbor(BIRD_ADDR, BIRD_ASN, hold_time=9),
+            OurNeighbor(RAW_ADDR, RAW_ASN, passive=True, ttl_security=1),
+        ],
+        listen=["0.0.0.0"],
+    ).start()
+    ours.wait_established(BIRD_ADDR, timeout=30)
+    bird.wait_established(OURS, timeout=30)
+    # The handshake completes (the listener can't filter for one peer), but once accepted the
+    # socket drops our TTL-64 segments: the KEEPALIVE that would finish OPENCONFIRM never
+    # arrives. (The first OPEN may slip in if it was queued before the option was set.)
     with RawPeer(OURS_RAW, netns=raw_ns.name, ttl=64).connect() as low:
         low.send(build_open(RAW_ASN, RAW_ADDR))
         got = {m.type for m in low.drain(quiet=2.0)}
@@ -236,7 +277,7 @@ def test_gtsm_direct_neighbor_establishes(lab: Lab) -> None:
         time.sleep(2)
         assert ours.peer_status(RAW_ADDR)["state"] in ("OpenSent", "OpenConfirm")
         assert ours.peer_status(RAW_ADDR)["established_count"] == 0
-    assert ours.peer_status(BIRD_ADDR)["established_count"] == 1
+    assert ours.peer_status(BIRD_ADDR)["state"] == "Established"
 
 
 # -- hold time 3 s under load -----------------------------------------------------------------
