@@ -465,6 +465,8 @@ async def _del_route(ipr: AsyncIPRoute, msg: Any) -> None:
             dst=f"{msg.get('RTA_DST')}/{msg['dst_len']}",
             oif=msg.get("RTA_OIF"),
             proto=msg["proto"],
+            # The kernel matches the scope on delete; pyroute2 would send 0 (universe).
+            scope=msg["scope"],
             table=msg.get("RTA_TABLE") or _MAIN_TABLE,
         )
     except NetlinkError as exc:
