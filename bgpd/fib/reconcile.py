@@ -1,0 +1,100 @@
+"""The diff between the routes we want and what the kernel holds: pure, BIRD's krt_prune in spirit.
+
+Ours (our rtm_protocol) are added, replaced or deleted; everyone else's are only reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from bgpd.fib.types import KernelRoute, NextHop, Prefix, Route, prefix_str
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A route of another protocol at a prefix we want, in our table."""
+
+    prefix: Prefix
+    protocol: int
+    metric: int
+    kind: int
+
+    def __str__(self) -> str:
+        return (
+            f"{prefix_str(self.prefix)}: route of protocol {self.protocol} "
+            f"(type {self.kind}, metric {self.metric}) already there; left alone"
+        )
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a reconcile will do: ``writes`` are adds (prefix not ours in the kernel) and
+    replaces (ours but different), ``deletes`` are stale routes of ours."""
+
+    writes: list[Route] = field(default_factory=list)
+    deletes: list[Prefix] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    added: int = 0
+    replaced: int = 0
+
+
+def hop_matches(want: NextHop, have: NextHop) -> bool:
+    """The kernel names the device of every gateway route; only compare it when we chose it."""
+    if want.gateway != have.gateway or want.onlink != have.onlink:
+        return False
+    return want.device is None or want.device == have.device
+
+
+def same_route(want: Route, have: Route | None) -> bool:
+    """True if the kernel's ``have`` already is ``want`` (no write needed)."""
+    if have is None or want.prefix != have.prefix or want.blackhole != have.blackhole:
+        return False
+    if len(want.nexthops) != len(have.nexthops):
+        return False
+    if all(w.device is not None for w in want.nexthops):
+        return all(hop_matches(w, h) for w, h in zip(want.nexthops, have.nexthops))
+    # Device-less hops sort differently once the kernel names their device: match as a set.
+    left = list(have.nexthops)
+    for w in want.nexthops:
+        for i, h in enumerate(left):
+            if hop_matches(w, h):
+                del left[i]
+                break
+        else:
+            return False
+    return True
+
+
+def plan(
+    desired: Mapping[Prefix, Route],
+    kernel: Iterable[KernelRoute],
+    protocol: int,
+    *,
+    prune: bool = True,
+) -> Plan:
+    """Diff ``desired`` against the kernel's routes of one table.
+
+    ``prune`` False keeps stale routes of ours (before the RIB has converged).
+    """
+    ours: dict[Prefix, Route | None] = {}
+    foreign: dict[Prefix, list[KernelRoute]] = {}
+    for kr in kernel:
+        if kr.protocol == protocol:
+            ours[kr.prefix] = kr.route
+        else:
+            foreign.setdefault(kr.prefix, []).append(kr)
+    result = Plan()
+    for prefix, want in desired.items():
+        for kr in foreign.get(prefix, ()):
+            result.conflicts.append(Conflict(prefix, kr.protocol, kr.metric, kr.kind))
+        if prefix in ours:
+            if not same_route(want, ours[prefix]):
+                result.writes.append(want)
+                result.replaced += 1
+        else:
+            result.writes.append(want)
+            result.added += 1
+    if prune:
+        result.deletes = [p for p in ours if p not in desired]
+    return result
