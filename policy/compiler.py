@@ -1,0 +1,527 @@
+"""The incremental policy compiler: holds resources and endpoints, keeps which policies select
+which endpoint and what each ipset holds, and assembles a `RuleSet` for one IP family.
+
+Each change re-evaluates only what it can affect: an endpoint change re-tests that endpoint
+against every policy and set; a policy change re-tests that policy against every endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from bgpd.model import (
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    K8sNetworkPolicy,
+    NetworkPolicy,
+    NetworkSet,
+    Profile,
+    Resource,
+    Tier,
+)
+from policy import layout
+from policy.endpoint import Endpoint
+from policy.layout import Failsafes, TierPlan, chain_name, iface_ident
+from policy.rulegen import RenderError, RuleCompiler
+from policy.ruleset import RETURN, Chain, IPSet, Origin, Rule, RuleSet
+from policy.sets import ANY, SetKey, SetMatcher
+from policy.view import (
+    DEFAULT_TIER,
+    DEFAULT_TIER_ORDER,
+    NetworkSetEntry,
+    PolicyEntry,
+    ProfileEntry,
+    TierEntry,
+    endpoint_labels,
+    namespace_labels,
+    network_set_entry,
+    policy_entry,
+    profile_entry,
+    resource_key,
+    tier_entry,
+)
+
+log = logging.getLogger(__name__)
+
+POLICY_KINDS = (NetworkPolicy, GlobalNetworkPolicy, K8sNetworkPolicy)
+
+
+@dataclass
+class Compiled:
+    """One policy's or profile's chains, the sets they use and the named ports they need."""
+
+    chains: dict[str, Chain] = field(default_factory=dict)
+    sets: dict[SetKey, str] = field(default_factory=dict)
+    named_ports: set[tuple[str, str]] = field(default_factory=set)
+    problem: str | None = None
+
+
+class _NamespaceLabels(Mapping[str, Mapping[str, str]]):
+    """Namespace labels looked up lazily from the compiler's profiles."""
+
+    def __init__(self, owner: PolicyCompiler) -> None:
+        self.owner = owner
+
+    def __getitem__(self, namespace: str) -> Mapping[str, str]:
+        return self.owner.ns_labels(namespace)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _rid_policy(key: str) -> str:
+    return "policy:" + key
+
+
+def _rid_profile(name: str) -> str:
+    return "profile:" + name
+
+
+class PolicyCompiler:
+    """Resources and endpoints in, a RuleSet for one IP family out."""
+
+    def __init__(
+        self,
+        version: int = 4,
+        *,
+        workload_prefix: str = "cali",
+        failsafes: Failsafes | None = None,
+    ) -> None:
+        self.version = version
+        self.workload_prefix = workload_prefix
+        self.failsafes = failsafes or Failsafes()
+        self.policies: dict[str, PolicyEntry] = {}
+        self.profiles: dict[str, ProfileEntry] = {}
+        self.netsets: dict[str, NetworkSetEntry] = {}
+        self.tiers: dict[str, TierEntry] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self._labels: dict[str, dict[str, str]] = {}
+        self._applies: dict[str, set[str]] = {}
+        self._compiled: dict[str, Compiled] = {}
+        self._last_good: dict[str, Compiled] = {}
+        self._set_users: dict[SetKey, set[str]] = {}
+        self._matchers: dict[SetKey, SetMatcher] = {}
+        self._contrib: dict[SetKey, dict[str, tuple[str, ...]]] = {}
+        self._ports: Counter[tuple[str, str]] = Counter()
+        self._ns_labels_cache: dict[str, dict[str, str]] = {}
+        self._ep_chain_cache: dict[tuple, Chain] = {}
+
+    # --- namespace labels ------------------------------------------------------------------
+
+    def ns_labels(self, namespace: str) -> dict[str, str]:
+        labels = self._ns_labels_cache.get(namespace)
+        if labels is None:
+            labels = namespace_labels(namespace, self.profiles)
+            self._ns_labels_cache[namespace] = labels
+        return labels
+
+    # --- resources -------------------------------------------------------------------------
+
+    def set_resources(self, resources: Iterable[Resource]) -> None:
+        """Replace every policy-related resource; unchanged ones cost one comparison."""
+        seen: set[str] = set()
+        for res in resources:
+            if self.upsert(res):
+                seen.add(resource_key(res))
+        for key in [k for k in self._resource_keys() if k not in seen]:
+            self.delete(key)
+
+    def _resource_keys(self) -> list[str]:
+        keys = list(self.policies)
+        keys += [f"Profile/{name}" for name in self.profiles]
+        keys += list(self.netsets)
+        keys += [f"Tier/{name}" for name in self.tiers]
+        return keys
+
+    def upsert(self, res: Resource) -> bool:
+        """Add or replace one resource; False for kinds policy does not use."""
+        if isinstance(res, POLICY_KINDS):
+            self._upsert_policy(policy_entry(res))
+        elif isinstance(res, Profile):
+            self._upsert_profile(profile_entry(res))
+        elif isinstance(res, NetworkSet | GlobalNetworkSet):
+            self._upsert_netset(network_set_entry(res))
+        elif isinstance(res, Tier):
+            self.tiers[res.name] = tier_entry(res)
+        else:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        """Remove a resource by `resource_key`."""
+        kind, _, rest = key.partition("/")
+        if kind in ("NetworkPolicy", "GlobalNetworkPolicy", "K8sNetworkPolicy"):
+            if self.policies.pop(key, None) is not None:
+                self._applies.pop(key, None)
+                self._drop_compiled(_rid_policy(key))
+        elif kind == "Profile":
+            old = self.profiles.pop(rest, None)
+            if old is not None:
+                self._drop_compiled(_rid_profile(rest))
+                self._labels_changed(old, None)
+        elif kind == "Tier":
+            self.tiers.pop(rest, None)
+        elif self.netsets.pop(key, None) is not None:
+            for contrib in self._contrib.values():
+                contrib.pop(key, None)
+
+    def _upsert_policy(self, entry: PolicyEntry) -> None:
+        old = self.policies.get(entry.key)
+        if old is not None and old.fingerprint == entry.fingerprint:
+            return
+        self.policies[entry.key] = entry
+        self._applies[entry.key] = {
+            k for k, ep in self.endpoints.items() if self._selects(entry, ep, self._labels[k])
+        }
+        self._compile(_rid_policy(entry.key))
+
+    def _upsert_profile(self, entry: ProfileEntry) -> None:
+        old = self.profiles.get(entry.name)
+        if old is not None and old.fingerprint == entry.fingerprint:
+            return
+        self.profiles[entry.name] = entry
+        self._compile(_rid_profile(entry.name))
+        self._labels_changed(old, entry)
+
+    def _labels_changed(self, old: ProfileEntry | None, new: ProfileEntry | None) -> None:
+        before = old.labels_to_apply if old else {}
+        after = new.labels_to_apply if new else {}
+        if before == after:
+            return
+        name = (old or new).name  # type: ignore[union-attr]
+        self._ns_labels_cache.clear()
+        ns = name.removeprefix("kns.") if name.startswith("kns.") else None
+        for ep in list(self.endpoints.values()):
+            if name in ep.profiles or (ns is not None and ep.namespace == ns):
+                self._index_endpoint(ep)
+        if ns is not None:
+            for entry in self.netsets.values():
+                if entry.namespace == ns:
+                    self._upsert_netset(entry)
+
+    def _upsert_netset(self, entry: NetworkSetEntry) -> None:
+        self.netsets[entry.key] = entry
+        for key, matcher in self._matchers.items():
+            self._contribute(key, entry.key, matcher.netset_members(entry, _NamespaceLabels(self)))
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        new = {ep.key: ep for ep in endpoints}
+        for key in [k for k in self.endpoints if k not in new]:
+            self.delete_endpoint(key)
+        for ep in new.values():
+            self.upsert_endpoint(ep)
+
+    def upsert_endpoint(self, ep: Endpoint) -> None:
+        if self.endpoints.get(ep.key) == ep:
+            return
+        self.delete_endpoint(ep.key)
+        self.endpoints[ep.key] = ep
+        for p in ep.ports:
+            self._ports[(p.protocol, p.name)] += 1
+        self._index_endpoint(ep)
+
+    def delete_endpoint(self, key: str) -> None:
+        ep = self.endpoints.pop(key, None)
+        if ep is None:
+            return
+        for p in ep.ports:
+            self._ports[(p.protocol, p.name)] -= 1
+        self._labels.pop(key, None)
+        for eps in self._applies.values():
+            eps.discard(key)
+        for contrib in self._contrib.values():
+            contrib.pop(key, None)
+
+    def _index_endpoint(self, ep: Endpoint) -> None:
+        labels = endpoint_labels(ep, self.profiles)
+        self._labels[ep.key] = labels
+        for pkey, entry in self.policies.items():
+            if self._selects(entry, ep, labels):
+                self._applies[pkey].add(ep.key)
+            else:
+                self._applies[pkey].discard(ep.key)
+        nsv = _NamespaceLabels(self)
+        for key, matcher in self._matchers.items():
+            self._contribute(key, ep.key, matcher.endpoint_members(ep, labels, nsv))
+
+    def _contribute(self, key: SetKey, who: str, members: tuple[str, ...]) -> None:
+        contrib = self._contrib[key]
+        if members:
+            contrib[who] = members
+        else:
+            contrib.pop(who, None)
+
+    def _selects(self, p: PolicyEntry, ep: Endpoint, labels: dict[str, str]) -> bool:
+        if ep.host:
+            if p.namespace is not None or p.namespace_selector is not None:
+                return False
+        else:
+            if p.pre_dnat or p.do_not_track:
+                return False
+            if p.namespace is not None and ep.namespace != p.namespace:
+                return False
+            if p.namespace_selector is not None and (
+                ep.namespace is None
+                or not p.namespace_selector.evaluate(self.ns_labels(ep.namespace))
+            ):
+                return False
+            if p.sa_selector is not None and (
+                ep.service_account is None or not p.sa_selector.evaluate(ep.service_account_labels)
+            ):
+                return False
+        return p.selector.evaluate(labels)
+
+    # --- compiling resources ---------------------------------------------------------------
+
+    @staticmethod
+    def _use_set(compiled: Compiled) -> Callable[[SetKey], str]:
+        def use(key: SetKey) -> str:
+            name = compiled.sets.get(key)
+            if name is None:
+                name = key.name()
+                compiled.sets[key] = name
+            return name
+
+        return use
+
+    def _compile(self, rid: str) -> None:
+        kind, _, ident = rid.partition(":")
+        compiled = Compiled()
+        use = self._use_set(compiled)
+        try:
+            if kind == "policy":
+                p = self.policies[ident]
+                scope = ("ns", p.namespace) if p.namespace is not None else ANY
+                rc = RuleCompiler(self.version, scope, use)  # type: ignore[arg-type]
+                if p.pre_dnat or p.do_not_track:
+                    raise RenderError("preDNAT and doNotTrack policies are not rendered yet")
+                for direction, rules, ckind in (
+                    ("ingress", p.ingress, "pi"),
+                    ("egress", p.egress, "po"),
+                ):
+                    if direction.capitalize() not in p.types:
+                        continue
+                    chain: list[Rule] = []
+                    for i, rule in enumerate(rules):
+                        chain += rc.compile(rule, Origin(f"policy {p.display}", direction, i))
+                    compiled.chains[chain_name(ckind, p.display)] = tuple(chain)
+            else:
+                prof = self.profiles[ident]
+                rc = RuleCompiler(self.version, ANY, use)
+                for direction, rules, ckind in (
+                    ("ingress", prof.ingress, "pri"),
+                    ("egress", prof.egress, "pro"),
+                ):
+                    chain = []
+                    for i, rule in enumerate(rules):
+                        chain += rc.compile(rule, Origin(f"profile {prof.name}", direction, i))
+                    compiled.chains[chain_name(ckind, prof.name)] = tuple(chain)
+            compiled.named_ports = rc.named_ports
+        except RenderError as err:
+            compiled = Compiled(problem=str(err))
+        self._drop_compiled(rid)
+        self._compiled[rid] = compiled
+        for key in compiled.sets:
+            users = self._set_users.setdefault(key, set())
+            if not users:
+                self._add_set(key)
+            users.add(rid)
+
+    def _drop_compiled(self, rid: str) -> None:
+        old = self._compiled.pop(rid, None)
+        if old is None:
+            return
+        for key in old.sets:
+            users = self._set_users.get(key)
+            if users is None:
+                continue
+            users.discard(rid)
+            last = self._last_good.get(rid)
+            if not users and not (last is not None and key in last.sets):
+                del self._set_users[key]
+                self._matchers.pop(key, None)
+                self._contrib.pop(key, None)
+
+    def _add_set(self, key: SetKey) -> None:
+        matcher = SetMatcher(key)
+        self._matchers[key] = matcher
+        contrib: dict[str, tuple[str, ...]] = {}
+        if key.kind == "nets":
+            contrib["nets"] = matcher.static_members()
+        else:
+            nsv = _NamespaceLabels(self)
+            for k, ep in self.endpoints.items():
+                members = matcher.endpoint_members(ep, self._labels[k], nsv)
+                if members:
+                    contrib[k] = members
+            for k, entry in self.netsets.items():
+                members = matcher.netset_members(entry, nsv)
+                if members:
+                    contrib[k] = members
+        self._contrib[key] = contrib
+
+    # --- assembly --------------------------------------------------------------------------
+
+    def _effective(self, rid: str, problems: dict[str, str]) -> Compiled | None:
+        """The compiled form to apply: current if renderable, else the last good one."""
+        compiled = self._compiled.get(rid)
+        if compiled is None:
+            return None
+        problem = compiled.problem
+        if problem is None:
+            missing = sorted(np for np in compiled.named_ports if self._ports[np] <= 0)
+            if missing:
+                names = ", ".join(f"{proto.lower()}/{name}" for proto, name in missing)
+                problem = f"named port {names} is not exposed by any endpoint"
+        if problem is None:
+            self._last_good[rid] = compiled
+            return compiled
+        problems[rid.partition(":")[2]] = problem
+        return self._last_good.get(rid)
+
+    def tier_plans(
+        self, ep_key: str, direction: str, included: dict[str, Compiled], forward: bool = False
+    ) -> list[TierPlan]:
+        """The tiers and policies that apply to an endpoint in one direction, in order."""
+        by_tier: dict[str, list[PolicyEntry]] = {}
+        ckind = "pi" if direction == "ingress" else "po"
+        for pkey, eps in self._applies.items():
+            if ep_key not in eps:
+                continue
+            p = self.policies[pkey]
+            if direction.capitalize() not in p.types or _rid_policy(pkey) not in included:
+                continue
+            if forward and not p.apply_on_forward:
+                continue
+            by_tier.setdefault(p.tier, []).append(p)
+        plans = []
+        for tier in sorted(by_tier, key=self._tier_sort_key):
+            entry = self.tiers.get(tier)
+            policies = sorted(by_tier[tier], key=lambda p: p.sort_key)
+            plans.append(
+                TierPlan(
+                    tier,
+                    entry.default_action if entry else "Deny",
+                    tuple((p.display, chain_name(ckind, p.display)) for p in policies),
+                )
+            )
+        return plans
+
+    def _tier_sort_key(self, name: str) -> tuple[float, str]:
+        entry = self.tiers.get(name)
+        if entry is not None:
+            return (entry.order, name)
+        return (DEFAULT_TIER_ORDER if name == DEFAULT_TIER else float("inf"), name)
+
+    def included(self, problems: dict[str, str] | None = None) -> dict[str, Compiled]:
+        problems = {} if problems is None else problems
+        out: dict[str, Compiled] = {}
+        for rid in self._compiled:
+            eff = self._effective(rid, problems)
+            if eff is not None:
+                out[rid] = eff
+        return out
+
+    def ruleset(self) -> RuleSet:
+        """Every chain and ipset this family needs now. Deterministic: same state, equal set."""
+        rs = RuleSet(self.version)
+        included = self.included(rs.problems)
+        for rid, problem in sorted(rs.problems.items()):
+            log.warning("policy %s is not applied: %s", rid, problem)
+        used: set[str] = set()
+        wl = [ep for ep in self.endpoints.values() if not ep.host]
+        heps = [ep for ep in self.endpoints.values() if ep.host]
+        forward_heps = []
+        for ep in wl:
+            for direction, kind in (("ingress", "tw"), ("egress", "fw")):
+                rs.chains[chain_name(kind, ep.iface)] = self._endpoint_chain(
+                    ep, direction, included, used
+                )
+        for ep in heps:
+            ident = iface_ident(ep.iface)
+            for direction, kind in (("ingress", "fh"), ("egress", "th")):
+                rs.chains[chain_name(kind, ident)] = self._endpoint_chain(
+                    ep, direction, included, used
+                )
+            if any(
+                self.policies[k].apply_on_forward
+                for k, eps in self._applies.items()
+                if ep.key in eps
+            ):
+                forward_heps.append(ep)
+                for direction, kind in (("ingress", "fhfw"), ("egress", "thfw")):
+                    rs.chains[chain_name(kind, ident)] = self._endpoint_chain(
+                        ep, direction, included, used, forward=True
+                    )
+        rs.chains[layout.FROM_WL] = layout.dispatch(wl, "in", "fw", catch_all=True)
+        rs.chains[layout.TO_WL] = layout.dispatch(wl, "out", "tw", catch_all=True)
+        if heps:
+            rs.chains[layout.FROM_HEP] = layout.dispatch(heps, "in", "fh", catch_all=False)
+            rs.chains[layout.TO_HEP] = layout.dispatch(heps, "out", "th", catch_all=False)
+        if forward_heps:
+            rs.chains[layout.FROM_HEP_FWD] = layout.dispatch(
+                forward_heps, "in", "fhfw", catch_all=False
+            )
+            rs.chains[layout.TO_HEP_FWD] = layout.dispatch(
+                forward_heps, "out", "thfw", catch_all=False
+            )
+        rs.chains.update(
+            layout.top_chains(self.workload_prefix, self.failsafes, bool(heps), bool(forward_heps))
+        )
+        set_keys: dict[str, SetKey] = {}
+        for compiled in included.values():
+            names = [n for n in compiled.chains if n in used]
+            if not names:
+                continue
+            for name in names:
+                rs.chains[name] = compiled.chains[name]
+            for key, set_name in compiled.sets.items():
+                set_keys[set_name] = key
+        for set_name, key in sorted(set_keys.items()):
+            contrib = self._contrib.get(key)
+            if contrib is None:  # kept alive only by a last-good version
+                self._add_set(key)
+                contrib = self._contrib[key]
+            members = frozenset(m for ms in contrib.values() for m in ms)
+            rs.ipsets[set_name] = IPSet(set_name, key.set_type, self.version, members)
+        return rs
+
+    def _endpoint_chain(
+        self,
+        ep: Endpoint,
+        direction: str,
+        included: dict[str, Compiled],
+        used: set[str],
+        forward: bool = False,
+    ) -> Chain:
+        tiers = self.tier_plans(ep.key, direction, included, forward)
+        pkind = "pri" if direction == "ingress" else "pro"
+        profiles = []
+        for name in ep.profiles:
+            chain = chain_name(pkind, name) if _rid_profile(name) in included else None
+            profiles.append((name, chain))
+        for plan in tiers:
+            used.update(chain for _, chain in plan.policies)
+        if forward:
+            sig: tuple = ("fwd", tuple(tiers))
+            end = Rule((), RETURN, Origin("host endpoint forward", note="no policy decided"))
+            build = lambda: layout.endpoint_chain(tiers, (), use_profiles=False, end=end)  # noqa: E731
+        else:
+            used.update(chain for _, chain in profiles if chain is not None)
+            sig = (tuple(tiers), tuple(profiles))
+            build = lambda: layout.endpoint_chain(tiers, profiles)  # noqa: E731
+        chain = self._ep_chain_cache.get(sig)
+        if chain is None:
+            if len(self._ep_chain_cache) > 10_000:
+                self._ep_chain_cache.clear()
+            chain = build()
+            self._ep_chain_cache[sig] = chain
+        return chain
