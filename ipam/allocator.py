@@ -437,6 +437,17 @@ class Ipam:
             raise NotAllocatedError(f"{address} is not allocated")
         self.stats.releases += 1
 
+    async def release_if_held(self, ip: str, handle: str) -> bool:
+        """Release ``ip`` only if ``handle`` still holds it; GC's guard against freeing an
+        address that was released and handed to another workload since it looked."""
+        address = ipaddress.ip_address(ip)
+        cidr = await self._block_holding(address)
+        if cidr is None:
+            return False
+        released = await self._release_in(cidr, handle=handle, address=address)
+        self.stats.releases += len(released)
+        return bool(released)
+
     async def _block_holding(self, address: Address) -> Network | None:
         view = await ClusterView.read(self.store, self.host)
         pool = view.pool_of(address)
@@ -463,7 +474,9 @@ class Ipam:
             block = Block.from_json(kv.value, key)
             if address is not None:
                 attr = block.attribute_of(block.ordinal(address))
-                if attr is None:
+                # With both given, only free the address if that handle still holds it: GC
+                # must not free an address that was released and handed to someone else.
+                if attr is None or (handle is not None and attr.handle != handle):
                     return []
                 owner = attr.handle
                 ordinals = [block.ordinal(address)]
