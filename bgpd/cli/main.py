@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgpd.cli import bgp, demo, selector
+from bgpd.cli import bgp, demo, ipam, selector
 
 # name -> (help, add_arguments, run); `run` returns the exit code.
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -19,6 +19,7 @@ VERBS: dict[str, Verb] = {
     "bgpd": ("run the standalone BGP daemon", bgp.add_daemon_args, bgp.run_daemon_cmd),
     "bgp": ("ask a running bgpd (status, routes)", bgp.add_bgp_args, bgp.run_bgp_cmd),
     "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
+    "ipam": ("IP address management: show, check, release, configure", ipam.add_args, ipam.run),
     "version": ("print the version", lambda p: None, lambda a: _version()),
 }
 
