@@ -1,0 +1,89 @@
+"""Our ipsets (`cali40…`/`cali60…`): read them from `ipset save`, and write `ipset restore`
+batches that add and delete members, plus the inverse batch that undoes one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from policy.ruleset import IPSet
+
+SET_PREFIXES = ("cali40", "cali60")
+
+
+def is_ours(name: str) -> bool:
+    return name.startswith(SET_PREFIXES)
+
+
+def parse_save(text: str) -> dict[str, IPSet]:
+    """Our sets from `ipset save` output."""
+    kinds: dict[str, tuple[str, int]] = {}
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not is_ours(parts[1]):
+            continue
+        if parts[0] == "create":
+            family = 6 if "inet6" in parts[3:] else 4
+            kinds[parts[1]] = (parts[2], family)
+            members.setdefault(parts[1], set())
+        elif parts[0] == "add":
+            members.setdefault(parts[1], set()).add(parts[2])
+    return {
+        name: IPSet(name, kind, family, frozenset(members.get(name, ())))  # type: ignore[arg-type]
+        for name, (kind, family) in kinds.items()
+    }
+
+
+def _create(s: IPSet) -> str:
+    family = "inet6" if s.family == 6 else "inet"
+    return f"create {s.name} {s.type} family {family} maxelem 1048576"
+
+
+@dataclass
+class SetDiff:
+    """What one apply changes in ipsets. `destroy` runs after iptables stops using them."""
+
+    create: list[IPSet] = field(default_factory=list)
+    add: list[tuple[str, str]] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)
+    destroy: list[str] = field(default_factory=list)
+
+    def restore_text(self) -> str:
+        lines = [_create(s) for s in self.create]
+        lines += [f"add {name} {member}" for name, member in self.add]
+        lines += [f"del {name} {member}" for name, member in self.delete]
+        return "".join(line + "\n" for line in lines)
+
+    def undo_text(self) -> str:
+        lines = [f"del {name} {member}" for name, member in self.add]
+        lines += [f"add {name} {member}" for name, member in self.delete]
+        lines += [f"destroy {s.name}" for s in self.create]
+        return "".join(line + "\n" for line in lines)
+
+    def destroy_text(self) -> str:
+        return "".join(f"destroy {name}\n" for name in self.destroy)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.add or self.delete or self.destroy)
+
+
+def diff(current: Mapping[str, IPSet], desired: Mapping[str, IPSet]) -> SetDiff:
+    """The member-level changes from `current` to `desired`; a set whose type or family
+    changed is destroyed and created again."""
+    d = SetDiff()
+    for name in sorted(desired):
+        want = desired[name]
+        have = current.get(name)
+        if have is not None and (have.type != want.type or have.family != want.family):
+            raise ValueError(f"ipset {name} changed type; set names must encode their type")
+        if have is None:
+            d.create.append(want)
+            d.add += [(name, m) for m in sorted(want.members)]
+            continue
+        if have.members != want.members:
+            d.add += [(name, m) for m in sorted(want.members - have.members)]
+            d.delete += [(name, m) for m in sorted(have.members - want.members)]
+    d.destroy = sorted(name for name in current if name not in desired)
+    return d

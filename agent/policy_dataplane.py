@@ -1,0 +1,183 @@
+"""Applies compiled rule sets to the kernel: `ipset restore` for members, one
+`iptables-nft-restore --noflush` transaction for the chains whose content changed, rollback
+and a line-numbered error on failure, and reconcile of our chains and sets against the kernel.
+
+Only names with our prefixes (chains `cali-`, sets `cali40`/`cali60`) and the one hook rule at
+the top of FORWARD/INPUT/OUTPUT are ours; everything else in the tables is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from agent import ipsets
+from agent import iptables as ipt
+from policy.ruleset import IPSet, RuleSet
+
+log = logging.getLogger(__name__)
+
+Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
+
+
+def local_runner(netns: str | None = None) -> Runner:
+    """Runs commands here, or inside the named network namespace."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+
+    def run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*prefix, *argv], input=stdin, capture_output=True, text=True, timeout=120
+        )
+
+    return run
+
+
+class ApplyError(RuntimeError):
+    """An apply the kernel refused; nothing of the batch stays applied."""
+
+    def __init__(self, tool: str, message: str, line: str | None = None) -> None:
+        self.tool = tool
+        self.line = line
+        text = f"{tool}: {message}"
+        if line is not None:
+            text += f" (failing line: {line})"
+        super().__init__(text)
+
+
+@dataclass
+class ApplyStats:
+    """What one apply sent, for logs, metrics and tests."""
+
+    chains_written: list[str] = field(default_factory=list)
+    chains_deleted: list[str] = field(default_factory=list)
+    ipset_lines: int = 0
+    sets_created: list[str] = field(default_factory=list)
+    sets_destroyed: list[str] = field(default_factory=list)
+    hooks_fixed: list[str] = field(default_factory=list)
+    iptables_batch: str = ""
+    ipset_batch: str = ""
+
+
+def _failing_line(stderr: str, batch: str, pattern: str) -> str | None:
+    m = re.search(pattern, stderr)
+    if not m:
+        return None
+    lines = batch.splitlines()
+    n = int(m.group(1))
+    return lines[n - 1] if 0 < n <= len(lines) else None
+
+
+class PolicyDataplane:
+    """Owns our chains and ipsets for one IP family in one network namespace."""
+
+    def __init__(self, runner: Runner | None = None, version: int = 4) -> None:
+        self.run = runner or local_runner()
+        self.version = version
+        self._restore = "iptables-nft-restore" if version == 4 else "ip6tables-nft-restore"
+        self._save = "iptables-nft-save" if version == 4 else "ip6tables-nft-save"
+        self._renderer = ipt.Renderer()
+        # What we believe the kernel holds; None until the first reconcile reads it.
+        self._chains: dict[str, tuple[str, ...]] | None = None
+        self._sets: dict[str, IPSet] = {}
+        self._hooks: dict[str, list[str]] = {}
+        self.status: dict[str, str] = {}
+
+    # --- reading the kernel ----------------------------------------------------------------
+
+    def _read(self) -> None:
+        res = self.run([self._save, "-t", "filter"], None)
+        if res.returncode != 0:
+            raise ApplyError(self._save, res.stderr.strip())
+        state = ipt.parse_save(res.stdout)
+        self._chains = dict(state.chains)
+        self._hooks = {b: lines for b, lines in state.hook_lines.items() if not state.hooks_ok[b]}
+        res = self.run(["ipset", "save"], None)
+        if res.returncode != 0:
+            raise ApplyError("ipset", res.stderr.strip())
+        family = 6 if self.version == 6 else 4
+        self._sets = {n: s for n, s in ipsets.parse_save(res.stdout).items() if s.family == family}
+
+    def reconcile(self, rs: RuleSet) -> ApplyStats:
+        """Compare our chains and sets in the kernel with `rs` and repair what differs."""
+        self._read()
+        return self.apply(rs)
+
+    # --- applying --------------------------------------------------------------------------
+
+    def apply(self, rs: RuleSet) -> ApplyStats:
+        """Make the kernel hold `rs`, touching only what changed since the last apply."""
+        if self._chains is None:
+            self._read()
+        assert self._chains is not None
+        self.status = dict(rs.problems)
+        stats = ApplyStats()
+        rendered = {name: self._renderer.chain(name, rules) for name, rules in rs.chains.items()}
+        write = [n for n, rc in rendered.items() if self._chains.get(n) != rc.hashes]
+        delete = [n for n in self._chains if n not in rendered]
+        set_diff = ipsets.diff(self._sets, rs.ipsets)
+        batch = ipt.restore_batch(rendered, write, delete, self._hooks)
+        stats.chains_written = sorted(write)
+        stats.chains_deleted = sorted(delete)
+        stats.hooks_fixed = sorted(self._hooks)
+        stats.iptables_batch = batch
+        set_text = set_diff.restore_text()
+        stats.ipset_batch = set_text
+        stats.ipset_lines = len(set_text.splitlines())
+        stats.sets_created = [s.name for s in set_diff.create]
+        stats.sets_destroyed = list(set_diff.destroy)
+        if set_text:
+            res = self.run(["ipset", "restore", "-exist"], set_text)
+            if res.returncode != 0:
+                self._undo_sets(set_diff)
+                line = _failing_line(res.stderr, set_text, r"[Ee]rror in line (\d+)")
+                raise ApplyError("ipset restore", res.stderr.strip(), line)
+        if batch:
+            res = self.run([self._restore, "--noflush"], batch)
+            if res.returncode != 0:
+                self._undo_sets(set_diff)
+                line = _failing_line(res.stderr, batch, r"line (\d+) failed")
+                raise ApplyError(self._restore, res.stderr.strip(), line)
+        for name in write:
+            self._chains[name] = rendered[name].hashes
+        for name in delete:
+            del self._chains[name]
+        self._hooks = {}
+        self._sets = {name: s for name, s in rs.ipsets.items()}
+        if set_diff.destroy:
+            res = self.run(["ipset", "restore", "-exist"], set_diff.destroy_text())
+            if res.returncode != 0:
+                # The sets are unreferenced now; a later reconcile retries the destroy.
+                log.warning("ipset destroy failed: %s", res.stderr.strip())
+        for key, problem in sorted(rs.problems.items()):
+            log.warning("not applied: %s: %s", key, problem)
+        return stats
+
+    def _undo_sets(self, set_diff: ipsets.SetDiff) -> None:
+        undo = set_diff.undo_text()
+        if undo:
+            res = self.run(["ipset", "restore", "-exist"], undo)
+            if res.returncode != 0:
+                log.error("ipset rollback failed: %s", res.stderr.strip())
+        # Our belief may now be off; the next apply reads the kernel again.
+        self._chains = None
+
+    def remove_all(self) -> None:
+        """Take every chain, hook and set of ours out of the kernel (agent uninstall)."""
+        res = self.run([self._save, "-t", "filter"], None)
+        if res.returncode != 0:
+            raise ApplyError(self._save, res.stderr.strip())
+        state = ipt.parse_save(res.stdout)
+        if state.chains or any(state.hook_lines.values()):
+            batch = ipt.removal_batch(state)
+            out = self.run([self._restore, "--noflush"], batch)
+            if out.returncode != 0:
+                raise ApplyError(self._restore, out.stderr.strip())
+        self._read()
+        if self._sets:
+            text = "".join(f"destroy {name}\n" for name in sorted(self._sets))
+            self.run(["ipset", "restore", "-exist"], text)
+        self._chains = None
+        self._sets = {}
