@@ -399,13 +399,17 @@ class EndpointDataplane:
             for name, msg in sorted(links.items())
         ]
 
-    async def reconcile(self, desired: Iterable[EndpointSpec]) -> ReconcileReport:
+    async def reconcile(
+        self, desired: Iterable[EndpointSpec], *, keep: Iterable[str] = ()
+    ) -> ReconcileReport:
         """Make the host match ``desired``: remove our links nobody wants, repair the rest,
-        and drop our routes that point at links we do not own. Alien links are left alone."""
+        and drop our routes that point at links we do not own. Alien links are left alone,
+        and so are the links named in ``keep`` (wanted, but not checkable right now)."""
         report = ReconcileReport()
         want = {spec.host_ifname: spec for spec in desired}
+        spare = set(keep) | set(want)
         for ep in await self.list():
-            if ep.host_ifname not in want and await self.delete_link(ep.host_ifname):
+            if ep.host_ifname not in spare and await self.delete_link(ep.host_ifname):
                 report.removed.append(ep.host_ifname)
         for name, spec in sorted(want.items()):
             try:
@@ -420,7 +424,7 @@ class EndpointDataplane:
                 report.errors[name] = str(exc)
         async with rtnl(self.host_netns) as host:
             links = await link_names(host, self.prefix)
-            owned = {msg["index"] for n, msg in links.items() if n in want}
+            owned = {msg["index"] for n, msg in links.items() if n in spare}
             for msg in await self._our_routes(host):
                 if msg.get("RTA_OIF") not in owned:
                     report.stale_routes.append(f"{msg.get('RTA_DST')}/{msg['dst_len']}")

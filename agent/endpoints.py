@@ -1,0 +1,294 @@
+"""Workload endpoints end to end: addresses from IPAM, the veth plumbing, and the
+WorkloadEndpoint record. The CNI plugin and `routemesh endpoint` both go through `Workloads`."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.endpoint import (
+    DEFAULT_MTU,
+    IPV4_GATEWAY,
+    IPV6_GATEWAY,
+    EndpointDataplane,
+    EndpointError,
+    EndpointSpec,
+    IPAddress,
+    Plumbed,
+    veth_name,
+    workload_id,
+)
+from bgpd.datastore.base import Datastore, KeyNotFoundError
+from bgpd.model import ResourceError, WorkloadEndpoint, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+RESOURCES = "/routemesh/v1/resources/"
+WEP_KIND = "WorkloadEndpoint"
+
+
+class WorkloadError(Exception):
+    """The workload cannot be attached; ``field`` names the input at fault, when one is."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def wep_key(namespace: str, name: str) -> str:
+    """Where WorkloadEndpoints live: the shared resource layout, namespaced."""
+    return f"{RESOURCES}{WEP_KIND}/{namespace}/{name}"
+
+
+def wep_name(node: str, orchestrator: str, workload: str, endpoint: str) -> str:
+    """Calico's WorkloadEndpoint name: the four parts joined by '-', each '-' doubled."""
+    return "-".join(part.replace("-", "--") for part in (node, orchestrator, workload, endpoint))
+
+
+def cli_container_id(namespace: str, name: str) -> str:
+    """A stable stand-in container id for endpoints made by hand (no runtime gave one)."""
+    return "cli" + hashlib.sha1(workload_id(namespace, name).encode()).hexdigest()[:29]
+
+
+@dataclass(frozen=True)
+class WorkloadRequest:
+    """One workload interface to attach: who it is, where it lives, which addresses it wants."""
+
+    namespace: str
+    name: str
+    netns: str
+    container_id: str
+    handle: str
+    orchestrator: str = "k8s"
+    ifname: str = "eth0"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    profiles: Sequence[str] = ()
+    # Fixed addresses (cni.projectcalico.org/ipAddrs, --ip); empty means "ask IPAM".
+    ips: Sequence[str] = ()
+    pools: Sequence[str] = ()
+    ipv4: int = 1
+    ipv6: int = 0
+    mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class Attached:
+    plumbed: Plumbed
+    endpoint: WorkloadEndpoint | None
+
+
+class Workloads:
+    """Attach, detach, check and list workloads on one node.
+
+    ``ipam`` (an ``ipam.Ipam``) and ``store`` are optional: without IPAM only fixed addresses
+    work, without a store nothing is recorded. Both come from the caller (injected), so tests
+    and the CLI pick the backend.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        dataplane: EndpointDataplane,
+        *,
+        ipam: Any | None = None,
+        store: Datastore | None = None,
+    ) -> None:
+        self.node = node
+        self.dataplane = dataplane
+        self.ipam = ipam
+        self.store = store
+
+    # -- add --------------------------------------------------------------------------------
+
+    async def add(self, req: WorkloadRequest) -> Attached:
+        """Addresses, plumbing, record; on failure undo what this call did, then raise."""
+        addresses = await self._addresses(req)
+        spec = self.spec(req, addresses)
+        try:
+            plumbed = await self.dataplane.create(spec)
+            endpoint = await self._record(req, plumbed)
+        except BaseException:
+            await self._undo(req)
+            raise
+        return Attached(plumbed, endpoint)
+
+    async def _addresses(self, req: WorkloadRequest) -> tuple[IPAddress, ...]:
+        attrs = {"namespace": req.namespace, "pod": req.name, "node": self.node}
+        if req.ips:
+            fixed = []
+            for i, text in enumerate(req.ips):
+                try:
+                    fixed.append(ipaddress.ip_address(text.split("/", 1)[0]))
+                except ValueError:
+                    raise WorkloadError(
+                        f"{text!r} is not an IP address", field=f"ipAddrs[{i}]"
+                    ) from None
+            if self.ipam is not None:
+                try:
+                    for addr in fixed:
+                        await self.ipam.assign_ip(req.handle, str(addr), attrs=attrs)
+                except BaseException:
+                    await self.ipam.release_handle(req.handle)
+                    raise
+            return tuple(fixed)
+        if self.ipam is None:
+            raise WorkloadError("no IPAM configured and no fixed address given", field="ip")
+        got = await self.ipam.assign(
+            req.handle, ipv4=req.ipv4, ipv6=req.ipv6, attrs=attrs, pools=tuple(req.pools)
+        )
+        return tuple(got)
+
+    def spec(self, req: WorkloadRequest, addresses: Sequence[IPAddress]) -> EndpointSpec:
+        return EndpointSpec(
+            namespace=req.namespace,
+            name=req.name,
+            netns=req.netns,
+            addresses=tuple(addresses),
+            ifname=req.ifname,
+            mtu=req.mtu,
+            prefix=self.dataplane.prefix,
+        )
+
+    async def _record(self, req: WorkloadRequest, plumbed: Plumbed) -> WorkloadEndpoint | None:
+        if self.store is None:
+            return None
+        labels = {
+            **req.labels,
+            "projectcalico.org/namespace": req.namespace,
+            "projectcalico.org/orchestrator": req.orchestrator,
+        }
+        v4 = any(a.version == 4 for a in plumbed.addresses)
+        v6 = any(a.version == 6 for a in plumbed.addresses)
+        spec: dict[str, Any] = {
+            "orchestrator": req.orchestrator,
+            "node": self.node,
+            "containerID": req.container_id,
+            "pod": req.name,
+            "endpoint": req.ifname,
+            "ipNetworks": [f"{a}/{a.max_prefixlen}" for a in plumbed.addresses],
+            "interfaceName": plumbed.host_ifname,
+            "mac": plumbed.mac,
+        }
+        if v4:
+            spec["ipv4Gateway"] = IPV4_GATEWAY
+        if v6:
+            spec["ipv6Gateway"] = IPV6_GATEWAY
+        if req.profiles:
+            spec["profiles"] = list(req.profiles)
+        name = wep_name(self.node, req.orchestrator, req.name, req.ifname)
+        doc = {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": WEP_KIND,
+            "metadata": {"name": name, "namespace": req.namespace, "labels": labels},
+            "spec": spec,
+        }
+        try:
+            wep = from_dict(doc, source="endpoint")
+        except ResourceError as exc:
+            raise WorkloadError(f"WorkloadEndpoint {req.namespace}/{name}: {exc}") from exc
+        assert isinstance(wep, WorkloadEndpoint)
+        await self.store.put(wep_key(req.namespace, name), json.dumps(to_dict(wep)).encode())
+        return wep
+
+    async def _undo(self, req: WorkloadRequest) -> None:
+        # Best effort: the caller sees the original error, not a cleanup failure.
+        try:
+            await self.dataplane.delete(req.namespace, req.name)
+        except Exception as exc:
+            log.warning("undo %s/%s: veth: %s", req.namespace, req.name, exc)
+        if self.ipam is not None:
+            try:
+                await self.ipam.release_handle(req.handle)
+            except Exception as exc:
+                log.warning("undo %s/%s: release: %s", req.namespace, req.name, exc)
+
+    # -- delete -----------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        namespace: str,
+        name: str,
+        handle: str,
+        *,
+        orchestrator: str = "k8s",
+        ifname: str = "eth0",
+    ) -> list[IPAddress]:
+        """Remove veth, addresses and record; each part tolerates being gone already.
+
+        Returns the addresses IPAM released."""
+        await self.dataplane.delete(namespace, name)
+        released: list[IPAddress] = []
+        if self.ipam is not None:
+            released = list(await self.ipam.release_handle(handle))
+        if self.store is not None:
+            key = wep_key(namespace, wep_name(self.node, orchestrator, name, ifname))
+            try:
+                await self.store.delete(key)
+            except KeyNotFoundError:
+                pass
+        return released
+
+    # -- check and list ---------------------------------------------------------------------
+
+    async def check(self, req: WorkloadRequest, addresses: Sequence[IPAddress]) -> list[str]:
+        return await self.dataplane.check(self.spec(req, addresses))
+
+    async def recorded(self) -> list[WorkloadEndpoint]:
+        """This node's WorkloadEndpoints from the store (empty without a store)."""
+        if self.store is None:
+            return []
+        kvs, _rev = await self.store.list(f"{RESOURCES}{WEP_KIND}/")
+        out = []
+        for kv in kvs:
+            try:
+                wep = from_dict(json.loads(kv.value), source=kv.key)
+            except (ValueError, ResourceError) as exc:
+                log.warning("%s: skipping unreadable WorkloadEndpoint: %s", kv.key, exc)
+                continue
+            if isinstance(wep, WorkloadEndpoint) and wep.spec.node == self.node:
+                out.append(wep)
+        return out
+
+    async def reconcile(self, netns_of: Mapping[str, str], *, mtu: int = DEFAULT_MTU) -> Any:
+        """Repair the kernel from this node's records: ``netns_of`` maps a record's container
+        id to its netns (the runtime knows it; records whose netns is unknown are skipped
+        rather than deleted, so a restart of the agent never kills a live workload)."""
+        specs = []
+        keep: set[str] = set()
+        for wep in await self.recorded():
+            keep.add(wep.spec.interface_name or "")
+            netns = netns_of.get(wep.spec.container_id or "")
+            if netns is None or not wep.spec.pod:
+                continue
+            specs.append(
+                EndpointSpec(
+                    namespace=wep.namespace or "default",
+                    name=wep.spec.pod,
+                    netns=netns,
+                    addresses=tuple(
+                        ipaddress.ip_interface(n).ip for n in wep.spec.ip_networks or ()
+                    ),
+                    ifname=wep.spec.endpoint or "eth0",
+                    mtu=mtu,
+                    prefix=self.dataplane.prefix,
+                )
+            )
+        return await self.dataplane.reconcile(specs, keep=keep)
+
+
+__all__ = [
+    "Attached",
+    "EndpointError",
+    "WorkloadError",
+    "WorkloadRequest",
+    "Workloads",
+    "cli_container_id",
+    "veth_name",
+    "wep_key",
+    "wep_name",
+]
