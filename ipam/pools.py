@@ -57,6 +57,12 @@ async def read_resource(store: Datastore, kind: str, name: str) -> Resource | No
         return None
 
 
+async def put_resource(store: Datastore, resource: Resource) -> int:
+    """Write a validated resource where ``bgpd.datastore`` keeps it (unconditionally)."""
+    key = resource_key(resource.KIND, resource.name, resource.namespace)
+    return await store.put(key, json.dumps(to_dict(resource)).encode())
+
+
 async def read_config(store: Datastore) -> IPAMConfigurationSpec:
     config = await read_resource(store, "IPAMConfiguration", "default")
     if isinstance(config, IPAMConfiguration):
