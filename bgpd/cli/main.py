@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgpd.cli import bgp, demo, ipam, selector
+from bgpd.cli import bgp, demo, ipam, policy, selector
 
 # name -> (help, add_arguments, run); `run` returns the exit code.
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -20,6 +20,7 @@ VERBS: dict[str, Verb] = {
     "bgp": ("ask a running bgpd (status, routes)", bgp.add_bgp_args, bgp.run_bgp_cmd),
     "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
     "ipam": ("IP address management: show, check, release, configure", ipam.add_args, ipam.run),
+    "policy": ("explain which policies decide an endpoint's traffic", policy.add_args, policy.run),
     "version": ("print the version", lambda p: None, lambda a: _version()),
 }
 
