@@ -64,10 +64,15 @@ class Fib(ABC):
     is exclusive and so can never overwrite another protocol's route.
     """
 
-    def __init__(self, protocol: int, table: int) -> None:
+    def __init__(self, protocol: int, table: int, metric: int = 0) -> None:
         self.protocol = protocol
         self.table = table
+        self.metric = metric
         self.ours: set[Prefix] = set()
+
+    def kernel_metric(self, version: int) -> int:
+        """The metric the kernel shows on our routes (IPv6 turns 0 into 1024)."""
+        return self.metric or (1024 if version == 6 else 0)
 
     @abstractmethod
     async def _write(

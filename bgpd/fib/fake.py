@@ -20,8 +20,7 @@ class FakeFib(Fib):
     """See the module docstring. ``tables[table][prefix]`` lists the routes at that prefix."""
 
     def __init__(self, protocol: int = 80, table: int = 254, metric: int = 0) -> None:
-        super().__init__(protocol, table)
-        self.metric = metric
+        super().__init__(protocol, table, metric)
         self.tables: dict[int, dict[Prefix, list[KernelRoute]]] = {}
         self.fail: dict[Prefix, int] = {}
         self.messages = 0
@@ -52,6 +51,9 @@ class FakeFib(Fib):
     async def _dump(self, table: int) -> list[KernelRoute]:
         await asyncio.sleep(0)
         return [kr for routes in self.tables.get(table, {}).values() for kr in routes]
+
+    def kernel_metric(self, version: int) -> int:
+        return self.metric
 
     def monitor(self, listener: Callable[[KernelEvent], None]) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -102,7 +102,7 @@ class NetlinkFib(Fib):
         netns: str | None = None,
         batch: int = 512,
     ) -> None:
-        super().__init__(protocol, table)
+        super().__init__(protocol, table, metric)
         self.ctx = m.RouteContext(protocol, table, metric)
         self.netns = netns
         self.batch = batch
