@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgpd.cli import bgp, demo, ipam, policy, selector
+from bgpd.cli import bgp, demo, ipam, policy, resources, selector
 
 # name -> (help, add_arguments, run); `run` returns the exit code.
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -21,6 +21,12 @@ VERBS: dict[str, Verb] = {
     "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
     "ipam": ("IP address management: show, check, release, configure", ipam.add_args, ipam.run),
     "policy": ("explain which policies decide an endpoint's traffic", policy.add_args, policy.run),
+    "apply": ("create or update resources", resources.add_file_args, resources.run_apply),
+    "create": ("create resources from a file", resources.add_create_args, resources.run_create),
+    "replace": ("update resources by version", resources.add_file_args, resources.run_replace),
+    "delete": ("delete resources", resources.add_delete_args, resources.run_delete),
+    "get": ("show resources of a kind", resources.add_get_args, resources.run_get),
+    "label": ("set or remove a resource label", resources.add_label_args, resources.run_label),
     "version": ("print the version", lambda p: None, lambda a: _version()),
 }
 
