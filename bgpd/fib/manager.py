@@ -59,6 +59,7 @@ class FibManager:
         self.recent_errors: deque[RouteError] = deque(maxlen=256)
         self._pending: dict[Prefix, object] = {}
         self._repairing: set[Prefix] = set()
+        self._inflight: set[Prefix] = set()
         self._gw_users: dict[tuple[int, int], set[Prefix]] = {}
         self._gw_via: dict[tuple[int, int], int | None] = {}
         self._link_up: dict[int, bool] = {}
@@ -244,7 +245,12 @@ class FibManager:
         self, writes: list[Route], deletes: list[Prefix], *, count_repairs: bool = True
     ) -> list[RouteError]:
         started = time.perf_counter()
-        errors = await self.fib.apply(writes, deletes)
+        # Echoes of these writes may arrive before apply() returns; they are not news.
+        self._inflight = {r.prefix for r in writes} | set(deletes)
+        try:
+            errors = await self.fib.apply(writes, deletes)
+        finally:
+            self._inflight = set()
         elapsed = time.perf_counter() - started
         self.apply_batches += 1
         self.apply_seconds_total += elapsed
@@ -441,6 +447,8 @@ class FibManager:
             return
         prefix = kr.prefix
         if kr.protocol == self.fib.protocol:
+            if prefix in self._inflight:
+                return  # our own write's echo (a concurrent change is left to the scan)
             if event.deleted:
                 if prefix in self.installed:
                     self.installed.pop(prefix)

@@ -1,0 +1,279 @@
+"""FibManager logic against FakeFib: converge-then-prune, slices, repairs, errors, next hops."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+from bgpd.fib.fake import FakeFib
+from bgpd.fib.manager import FibManager
+from bgpd.fib.reconcile import plan, same_route
+from bgpd.fib.types import KernelRoute, NextHop, Route, parse_addr, parse_prefix
+
+STATIC, KERNEL = 4, 2
+
+
+def gw(text: str) -> int:
+    return parse_addr(text)[1]
+
+
+def r(prefix: str, *gateways: str, blackhole: bool = False) -> Route:
+    return Route(parse_prefix(prefix), tuple(NextHop(gw(g)) for g in gateways), blackhole)
+
+
+def connected(fake: FakeFib, prefix: str, index: int = 2, device: str = "eth0") -> None:
+    """A `proto kernel scope link` route, as an address on a device makes."""
+    fake.external_add(Route(parse_prefix(prefix), (NextHop(None, device),)), protocol=KERNEL)
+    routes = fake.tables[fake.table][parse_prefix(prefix)]
+    kr = routes[-1]
+    routes[-1] = KernelRoute(
+        kr.prefix, kr.protocol, kr.table, kr.metric, kr.kind, kr.route, (index,)
+    )
+
+
+async def started(fake: FakeFib, **kw) -> FibManager:
+    mgr = FibManager(fake, **kw)
+    await mgr.start()
+    return mgr
+
+
+async def test_stale_routes_stay_until_converged_then_only_ours_are_pruned():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    await asyncio.sleep(0)
+    stale = r("10.244.9.0/26", "198.18.0.9")
+    keep = r("10.244.1.0/26", "198.18.0.2")
+    await fake.apply([stale, keep], [])
+    fake.external_add(r("10.244.7.0/26", "198.18.0.7"), protocol=STATIC)
+    mgr = await started(fake)
+    assert set(mgr.installed) == {stale.prefix, keep.prefix}
+
+    mgr.update(keep)
+    mgr.update(r("10.244.2.0/26", "198.18.0.2"))
+    mgr.update(r("10.244.7.0/26", "198.18.0.3"))  # the static route's prefix
+    await mgr.settle()
+    ours = fake.ours_in_kernel()
+    assert stale.prefix in ours, "a stale route must survive until the RIB has converged"
+    assert parse_prefix("10.244.2.0/26") in ours
+
+    mgr.converged()
+    await mgr.settle()
+    ours = fake.ours_in_kernel()
+    assert set(ours) == {keep.prefix, parse_prefix("10.244.2.0/26")}
+    static = fake.tables[254][parse_prefix("10.244.7.0/26")]
+    assert [(k.protocol, k.route) for k in static] == [(STATIC, r("10.244.7.0/26", "198.18.0.7"))]
+    conflict = mgr.conflicts[parse_prefix("10.244.7.0/26")]
+    assert conflict.protocol == STATIC
+    refused = [e for e in mgr.recent_errors if e.prefix == parse_prefix("10.244.7.0/26")]
+    assert refused and refused[0].errno == errno.EEXIST
+    await mgr.stop()
+
+
+async def test_unchanged_routes_are_not_rewritten_after_a_restart():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    await fake.apply([r("10.244.1.0/26", "198.18.0.2"), r("10.244.3.0/26", blackhole=True)], [])
+    before = fake.messages
+    mgr = await started(fake)
+    mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+    mgr.update(r("10.244.3.0/26", blackhole=True))
+    mgr.converged()
+    await mgr.settle()
+    assert fake.messages == before
+    await mgr.stop()
+
+
+async def test_many_changes_are_written_in_slices_while_other_tasks_run():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake, slice_size=500)
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def keepalive() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(keepalive())
+    for i in range(10_000):
+        mgr.update(
+            Route(
+                (4, 0x0AF40000 | (i << 6), 26) if i < 1024 else (4, 0x64400000 | (i << 8), 24),
+                (NextHop(gw("198.18.0.2")),),
+            )
+        )
+    await mgr.settle()
+    stop.set()
+    await ticker
+    assert len(fake.ours_in_kernel()) == 10_000
+    assert mgr.routes_installed == 10_000
+    assert mgr.apply_batches >= 20
+    assert ticks >= mgr.apply_batches, "the loop must run other tasks between slices"
+    await mgr.stop()
+
+
+async def test_updates_coalesce_and_withdraw_removes():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake)
+    p = parse_prefix("10.244.1.0/26")
+    mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+    mgr.update(r("10.244.1.0/26", "198.18.0.3"))
+    await mgr.settle()
+    assert fake.messages == 1
+    assert fake.ours_in_kernel()[p] == r("10.244.1.0/26", "198.18.0.3")
+    mgr.update(r("10.244.1.0/26", "198.18.0.3", "198.18.0.2"))
+    await mgr.settle()
+    assert len(fake.ours_in_kernel()[p].nexthops) == 2
+    mgr.withdraw(p)
+    await mgr.settle()
+    assert p not in fake.ours_in_kernel()
+    assert mgr.routes_installed == 0
+    await mgr.stop()
+
+
+async def test_monitor_event_repairs_a_deleted_route_and_ignores_echoes():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake)
+    mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+    mgr.converged()
+    await mgr.settle()
+    for _ in range(3):  # echoes of our own writes have been delivered
+        await asyncio.sleep(0)
+    await mgr.settle()
+    written = fake.messages
+    assert mgr.reconcile_repairs == 0
+    fake.external_delete(parse_prefix("10.244.1.0/26"))
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert parse_prefix("10.244.1.0/26") in fake.ours_in_kernel()
+    assert fake.messages == written + 1
+    assert mgr.reconcile_repairs == 1
+    await mgr.stop()
+
+
+async def test_scan_repairs_what_no_event_reported():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake, scan_time=0.05)
+    mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+    mgr.converged()
+    await mgr.settle()
+    resyncs = mgr.resyncs
+    # IPv4 drops routes silently when their device goes down: no event at all.
+    del fake.tables[254][parse_prefix("10.244.1.0/26")]
+    while mgr.resyncs < resyncs + 1:
+        await asyncio.sleep(0.02)
+    await mgr.settle()
+    assert parse_prefix("10.244.1.0/26") in fake.ours_in_kernel()
+    assert mgr.reconcile_repairs >= 1
+    await mgr.stop()
+
+
+async def test_errors_name_their_route_and_are_counted():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    seen = []
+    mgr = await started(fake, on_error=seen.append)
+    bad = r("10.244.5.0/26", "198.18.0.5")
+    fake.fail[bad.prefix] = errno.EINVAL
+    mgr.update(bad)
+    mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+    await mgr.settle()
+    assert [(e.prefix, e.op, e.errno) for e in seen] == [(bad.prefix, "add", errno.EINVAL)]
+    assert "10.244.5.0/26 via 198.18.0.5" in str(seen[0])
+    assert mgr.netlink_errors == 1
+    assert bad.prefix not in mgr.installed and parse_prefix("10.244.1.0/26") in mgr.installed
+    await mgr.stop()
+
+
+async def test_persist_keeps_routes_on_stop_and_no_persist_removes_only_ours():
+    for persist in (True, False):
+        fake = FakeFib()
+        connected(fake, "198.18.0.0/24")
+        fake.external_add(r("10.244.7.0/26", "198.18.0.7"), protocol=STATIC)
+        mgr = await started(fake, persist=persist)
+        mgr.update(r("10.244.1.0/26", "198.18.0.2"))
+        await mgr.settle()
+        await mgr.stop()
+        assert (parse_prefix("10.244.1.0/26") in fake.ours_in_kernel()) is persist
+        assert parse_prefix("10.244.7.0/26") in fake.tables[254]
+
+
+async def test_recursive_next_hop_and_reachability_callbacks():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    fake.external_add(r("198.19.0.0/16", "198.18.0.254"), protocol=STATIC)
+    calls = []
+    mgr = await started(fake, on_reachability=lambda v, g, ok: calls.append((v, g, ok)))
+    far = r("10.244.1.0/26", "198.19.5.1")
+    mgr.update(far)
+    mgr.update(r("10.244.2.0/26", "198.18.0.2"))
+    await mgr.settle()
+    # The kernel refuses a gateway that is not on a link; we install the connected one.
+    assert fake.ours_in_kernel()[far.prefix] == r("10.244.1.0/26", "198.18.0.254")
+    assert calls == []
+
+    fake.external_delete(parse_prefix("198.19.0.0/16"), protocol=STATIC)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls == [(4, gw("198.19.5.1"), False)]
+    assert far.prefix not in fake.ours_in_kernel()
+    assert parse_prefix("10.244.2.0/26") in fake.ours_in_kernel()
+
+    fake.external_add(r("198.19.0.0/16", "198.18.0.253"), protocol=STATIC)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls[-1] == (4, gw("198.19.5.1"), True)
+    assert fake.ours_in_kernel()[far.prefix] == r("10.244.1.0/26", "198.18.0.253")
+    await mgr.stop()
+
+
+async def test_unreachable_gateway_is_reported_when_first_used():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    calls = []
+    mgr = await started(fake, on_reachability=lambda v, g, ok: calls.append((v, g, ok)))
+    mgr.update(r("fd00:10:244:1::/64", "fd00:198:18::1"))
+    mgr.update(r("10.244.1.0/26", "198.18.0.2", "198.20.0.1"))  # one ECMP path unreachable
+    await mgr.settle()
+    assert (6, gw("fd00:198:18::1"), False) in calls
+    assert (4, gw("198.20.0.1"), False) in calls
+    assert parse_prefix("fd00:10:244:1::/64") not in fake.ours_in_kernel()
+    assert fake.ours_in_kernel()[parse_prefix("10.244.1.0/26")] == r("10.244.1.0/26", "198.18.0.2")
+    await mgr.stop()
+
+
+def test_plan_adds_replaces_deletes_and_reports_conflicts():
+    want = {
+        parse_prefix("10.244.1.0/26"): r("10.244.1.0/26", "198.18.0.2"),
+        parse_prefix("10.244.2.0/26"): r("10.244.2.0/26", "198.18.0.2"),
+        parse_prefix("10.244.3.0/26"): r("10.244.3.0/26", "198.18.0.3"),
+    }
+    kernel = [
+        KernelRoute(parse_prefix("10.244.1.0/26"), 80, 254, 0, 1, r("10.244.1.0/26", "198.18.0.9")),
+        KernelRoute(parse_prefix("10.244.8.0/26"), 80, 254, 0, 1, r("10.244.8.0/26", "198.18.0.9")),
+        KernelRoute(parse_prefix("10.244.3.0/26"), 4, 254, 0, 1, r("10.244.3.0/26", "198.18.0.4")),
+        KernelRoute(parse_prefix("10.244.9.0/26"), 4, 254, 0, 1, r("10.244.9.0/26", "198.18.0.4")),
+    ]
+    p = plan(want, kernel, 80)
+    assert {x.prefix for x in p.writes} == set(want)
+    assert (p.added, p.replaced) == (2, 1)
+    assert p.deletes == [parse_prefix("10.244.8.0/26")]
+    assert [(c.prefix, c.protocol) for c in p.conflicts] == [(parse_prefix("10.244.3.0/26"), 4)]
+    assert plan(want, kernel, 80, prune=False).deletes == []
+
+
+def test_same_route_ignores_the_device_the_kernel_fills_in():
+    want = r("10.244.1.0/26", "198.18.0.2", "198.18.0.3")
+    have = Route(
+        want.prefix, (NextHop(gw("198.18.0.3"), "eth0"), NextHop(gw("198.18.0.2"), "eth1"))
+    )
+    assert same_route(want, have)
+    assert not same_route(want, r("10.244.1.0/26", "198.18.0.2"))
+    onlink = Route(want.prefix, (NextHop(gw("10.244.2.0"), "vxlan.calico", True),))
+    assert not same_route(onlink, Route(want.prefix, (NextHop(gw("10.244.2.0"), "eth0", True),)))
+    assert not same_route(r("10.244.1.0/26", blackhole=True), want)
