@@ -36,6 +36,7 @@ from agent.endpoints import WorkloadError, WorkloadRequest, Workloads
 from agent.mtu import DEFAULT_MTU, MTU_FILE, read_mtu_file
 from agent.netlink import NetnsNotFoundError, netns_exists
 from bgpd.datastore.base import Datastore, DatastoreError, UnavailableError
+from bgpd.datastore.url import DatastoreURLError, open_datastore
 
 PLUGIN_TYPE = "routemesh-cni"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -340,18 +341,11 @@ def version_json(version: str = "1.0.0") -> dict[str, Any]:
 
 
 def open_store(url: str) -> Datastore:
-    """A datastore from its URL, via bgpd.datastore.url when present; sqlite paths otherwise."""
+    """The datastore the config names; a malformed URL is a config error naming the field."""
     try:
-        from bgpd.datastore.url import open_datastore  # type: ignore[import-not-found]
-    except ImportError:
-        open_datastore = None
-    if open_datastore is not None:
         return open_datastore(url)
-    if url.startswith("sqlite://"):
-        from bgpd.datastore.sqlite import SqliteDatastore
-
-        return SqliteDatastore(url.removeprefix("sqlite://"))
-    raise CniError(INVALID_CONFIG, f"datastore: unsupported URL scheme in {url.split(':', 1)[0]!r}")
+    except DatastoreURLError as exc:
+        raise CniError(INVALID_CONFIG, "datastore: bad URL", str(exc)) from exc
 
 
 def _ipam(store: Datastore | None, node: str) -> Any | None:
@@ -382,11 +376,20 @@ async def run(
         inv = parse_env(env)
         if inv.command == "VERSION":
             return 0, version_json()
+        version = _claimed_version(stdin) or version
         conf = parse_config(stdin)
-        version = conf.version
         return 0, await _dispatch(inv, conf, store, host_netns)
     except CniError as exc:
         return 1, exc.to_json(version)
+
+
+def _claimed_version(stdin: bytes) -> str | None:
+    # Errors answer in the config's version even when the rest of the config is bad.
+    try:
+        claimed = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        return None
+    return claimed if claimed in SUPPORTED_VERSIONS else None
 
 
 async def _dispatch(
