@@ -617,3 +617,14 @@ class Metrics:
             if area is not None:
                 out.extend(area.specs)
         return sorted(out)
+
+
+def reference_markdown(metrics: Metrics | None = None) -> str:
+    """The metric table of docs/metrics.md, one row per family; the docs test compares them."""
+    metrics = metrics if metrics is not None else Metrics()
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for spec in metrics.specs():
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
+        meaning = spec.help.replace("|", "\\|")  # a bare | would end the table cell
+        lines.append(f"| `{spec.name}` | {spec.type} | {labels} | {meaning} |")
+    return "\n".join(lines) + "\n"
