@@ -382,6 +382,7 @@ class EtcdDatastore(Datastore):
                         yield WatchEvent(kind, ev.kv.key.decode(), value, rev)
                 log.info("etcd %s ended the watch stream; re-watching", stubs.endpoint)
             except grpc.aio.AioRpcError as exc:
+                self._check()  # closed under us: UnavailableError, as every backend says
                 err = self._error(exc, stubs, "watch")
                 # CANCELLED: another call found the channel dead and closed it under us.
                 lost = exc.code() == grpc.StatusCode.CANCELLED and not self._closed
