@@ -1,0 +1,187 @@
+"""Tunnels against the real kernel: vxlan.calico between two host namespaces on a bridge, FDB
+and neighbour reconcile, recreation on a VNI change, MTU detection, and the IPIP fallback."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+
+import pytest
+
+from agent.endpoint import EndpointDataplane, EndpointSpec
+from agent.mtu import detect_host_mtu, workload_mtu
+from agent.tunnels import (
+    VXLAN_NAME,
+    Tunnels,
+    Vtep,
+    VxlanConfig,
+    tunnel_mtu,
+    vtep_mac,
+)
+from tests.lab import Lab, Netns, require_link_kind
+
+pytestmark = pytest.mark.root
+
+ip = ipaddress.ip_address
+
+
+def link_stats(ns: Netns, name: str) -> dict:
+    return json.loads(ns.ip("-j", "-s", "link", "show", name).stdout)[0]["stats64"]
+
+
+def two_hosts(lab: Lab) -> tuple[Netns, Netns, list[str]]:
+    a, b = lab.netns(), lab.netns()
+    _hub, names = lab.bridge([a, b], ["198.18.0.1/24", "198.18.0.2/24"])
+    for ns in (a, b):
+        # Proxy ARP for the workloads' 169.254.1.1 needs a route to it, as on a real node.
+        ns.ip("route", "add", "default", "via", "198.18.0.254", "dev", names[0 if ns is a else 1])
+    return a, b, names
+
+
+def vtep(node: str, tunnel: str, underlay: str) -> Vtep:
+    return Vtep(node, ip(tunnel), vtep_mac(node), ip(underlay))
+
+
+async def test_vxlan_carries_workload_traffic_between_hosts(lab: Lab) -> None:
+    require_link_kind("vxlan")
+    a, b, uplinks = two_hosts(lab)
+    host_mtu = await detect_host_mtu(netns=a.name)
+    assert host_mtu == 1500
+    mtu = tunnel_mtu(host_mtu, "vxlan")
+    assert mtu == 1450
+    nodes = {
+        "node-a": (a, "198.18.0.1", "10.244.0.0", uplinks[0]),
+        "node-b": (b, "198.18.0.2", "10.244.1.0", uplinks[1]),
+    }
+    for node, (ns, underlay, tunnel, uplink) in nodes.items():
+        cond = await Tunnels(netns=ns.name).ensure_vxlan(
+            VxlanConfig(
+                local_ip=ip(underlay), tunnel_ip=ip(tunnel), mac=vtep_mac(node), mtu=mtu,
+                parent=uplink,
+            )
+        )  # fmt: skip
+        assert cond.status, cond
+        remotes = [vtep(n, t, u) for n, (_, u, t, _) in nodes.items() if n != node]
+        report = await Tunnels(netns=ns.name).reconcile_vteps(remotes)
+        assert len(report.added) == 2 and not report.removed
+    details = json.loads(a.ip("-j", "-d", "link", "show", VXLAN_NAME).stdout)[0]
+    data = details["linkinfo"]["info_data"]
+    assert (data["id"], data["port"], data["local"]) == (4096, 4789, "198.18.0.1")
+    assert data.get("learning") is False and details["mtu"] == 1450
+
+    # A workload on each host, and the route to the other host's block via its VTEP, onlink.
+    wl_a, wl_b = lab.netns(forwarding=False), lab.netns(forwarding=False)
+    wmtu = workload_mtu(host_mtu, ["vxlan"])
+    await EndpointDataplane(host_netns=a.name).create(
+        EndpointSpec("default", "wa", wl_a.name, (ip("10.244.0.5"),), mtu=wmtu)
+    )
+    await EndpointDataplane(host_netns=b.name).create(
+        EndpointSpec("default", "wb", wl_b.name, (ip("10.244.1.5"),), mtu=wmtu)
+    )
+    a.ip("route", "add", "10.244.1.0/26", "via", "10.244.1.0", "dev", VXLAN_NAME, "onlink")
+    b.ip("route", "add", "10.244.0.0/26", "via", "10.244.0.0", "dev", VXLAN_NAME, "onlink")
+
+    before = link_stats(a, VXLAN_NAME)["tx"]["packets"]
+    assert wl_a.ping("10.244.1.5", count=3), "workload on A cannot reach workload on B"
+    assert wl_b.ping("10.244.0.5")
+    assert a.ping("10.244.1.0"), "VTEP to VTEP"
+    # The traffic really went through the tunnel device, not some other path.
+    assert link_stats(a, VXLAN_NAME)["tx"]["packets"] >= before + 3
+    assert link_stats(b, VXLAN_NAME)["rx"]["packets"] >= 3
+
+
+async def test_vtep_reconcile_adds_removes_and_leaves_others(lab: Lab) -> None:
+    require_link_kind("vxlan")
+    a, _b, uplinks = two_hosts(lab)
+    tunnels = Tunnels(netns=a.name)
+    cfg = VxlanConfig(ip("198.18.0.1"), ip("10.244.0.0"), vtep_mac("node-a"), 1450, uplinks[0])
+    assert (await tunnels.ensure_vxlan(cfg)).status
+    b_ = vtep("node-b", "10.244.1.0", "198.18.0.2")
+    c_ = vtep("node-c", "10.244.2.0", "198.18.0.3")
+    d_ = vtep("node-d", "10.244.3.0", "198.18.0.4")
+    await tunnels.reconcile_vteps([b_, c_])
+    # Others' entries: a learned (non-permanent) neighbour on our device, and permanent
+    # entries on another vxlan device that is not ours.
+    a.ip("neigh", "add", "10.244.9.9", "lladdr", "02:00:00:00:09:09", "dev", VXLAN_NAME,
+         "nud", "reachable")  # fmt: skip
+    a.ip("link", "add", "vx-other", "type", "vxlan", "id", "7", "dstport", "4789", "local",
+         "198.18.0.1")  # fmt: skip
+    a.run(["bridge", "fdb", "append", "02:00:00:00:07:07", "dev", "vx-other", "dst", "198.18.0.7"])
+
+    report = await tunnels.reconcile_vteps([b_, d_])
+    assert sorted(report.removed) == [
+        f"fdb {c_.mac} dst 198.18.0.3",
+        f"neigh 10.244.2.0 lladdr {c_.mac}",
+    ]
+    assert sorted(report.added) == [
+        f"fdb {d_.mac} dst 198.18.0.4",
+        f"neigh 10.244.3.0 lladdr {d_.mac}",
+    ]
+    assert len(report.unchanged) == 2
+    fdb = a.run(["bridge", "fdb", "show"]).stdout
+    assert f"{b_.mac} dev {VXLAN_NAME} dst 198.18.0.2" in fdb
+    assert f"{d_.mac} dev {VXLAN_NAME} dst 198.18.0.4" in fdb
+    assert c_.mac not in fdb
+    assert "02:00:00:00:07:07 dev vx-other dst 198.18.0.7" in fdb
+    neigh = a.ip("neigh", "show", "dev", VXLAN_NAME).stdout
+    assert "10.244.9.9" in neigh and "10.244.2.0" not in neigh and "10.244.3.0" in neigh
+
+    # Someone deletes one of ours by hand: the next resync puts it back, and only it.
+    a.run(["bridge", "fdb", "del", b_.mac, "dev", VXLAN_NAME, "dst", "198.18.0.2"])
+    report = await tunnels.reconcile_vteps([b_, d_])
+    assert report.added == [f"fdb {b_.mac} dst 198.18.0.2"] and report.removed == []
+
+
+async def test_vxlan_repaired_in_place_or_recreated(lab: Lab) -> None:
+    require_link_kind("vxlan")
+    a, _b, uplinks = two_hosts(lab)
+    tunnels = Tunnels(netns=a.name)
+    cfg = VxlanConfig(ip("198.18.0.1"), ip("10.244.0.0"), vtep_mac("node-a"), 1450, uplinks[0])
+    await tunnels.ensure_vxlan(cfg)
+    index = json.loads(a.ip("-j", "link", "show", VXLAN_NAME).stdout)[0]["ifindex"]
+    # Mutable drift is fixed in place.
+    a.ip("link", "set", VXLAN_NAME, "mtu", "1300", "down")
+    a.ip("addr", "add", "10.244.5.5/32", "dev", VXLAN_NAME)
+    assert (await tunnels.ensure_vxlan(cfg)).status
+    link = json.loads(a.ip("-j", "addr", "show", VXLAN_NAME).stdout)[0]
+    assert link["ifindex"] == index and link["mtu"] == 1450 and "UP" in link["flags"]
+    assert [x["local"] for x in link["addr_info"] if x["family"] == "inet"] == ["10.244.0.0"]
+    # A VNI change cannot be made in place: the device is recreated.
+    cfg2 = VxlanConfig(cfg.local_ip, cfg.tunnel_ip, cfg.mac, 1450, cfg.parent, vni=4097)
+    assert (await tunnels.ensure_vxlan(cfg2)).status
+    data = json.loads(a.ip("-j", "-d", "link", "show", VXLAN_NAME).stdout)[0]
+    assert data["linkinfo"]["info_data"]["id"] == 4097 and data["ifindex"] != index
+    # A missing parent is a clear condition, not an exception.
+    bad = VxlanConfig(cfg.local_ip, cfg.tunnel_ip, cfg.mac, 1450, "nosuchdev0")
+    cond = await tunnels.ensure_vxlan(bad)
+    assert (cond.status, cond.reason) == (False, "ParentMissing")
+    assert await tunnels.remove_vxlan() is True and await tunnels.remove_vxlan() is False
+
+
+async def test_ipip_where_supported_else_one_warning_and_a_condition(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = lab.netns()
+    probe = host.ip("link", "add", "probe0", "type", "ipip", check=False)
+    supported = probe.returncode == 0
+    if supported:
+        host.ip("link", "del", "probe0")
+    Tunnels._ipip_warned = False
+    caplog.set_level(logging.WARNING, logger="agent.tunnels")
+    tunnels = Tunnels(netns=host.name)
+    first = await tunnels.ensure_ipip(ip("10.244.0.0"), tunnel_mtu(1500, "ipip"))
+    second = await tunnels.ensure_ipip(ip("10.244.0.0"), tunnel_mtu(1500, "ipip"))
+    assert first == second == tunnels.ipip_condition
+    if supported:
+        assert first.status and first.reason == "Configured"
+        link = json.loads(host.ip("-j", "addr", "show", "tunl0").stdout)[0]
+        assert link["mtu"] == 1480
+        assert [a["local"] for a in link["addr_info"]] == ["10.244.0.0"]
+    else:
+        # This kernel has no IPIP (CONFIG_NET_IPIP unset): say so once, keep the condition.
+        assert (first.status, first.type, first.reason) == (False, "IPIPReady", "KernelUnsupported")
+        assert "ipipMode" in first.message
+        warnings = [r for r in caplog.records if "IPIP unavailable" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "tunl0" not in host.ip("link").stdout
