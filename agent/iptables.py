@@ -173,6 +173,8 @@ def restore_batch(
     new rules, delete the stale chains last, then put each hook back at the top."""
     write = sorted(write)
     delete = sorted(delete)
+    # A hook may only point at a chain that exists once this batch is in.
+    fix_hooks = {b: lines for b, lines in fix_hooks.items() if HOOKS[b] in rendered}
     if not write and not delete and not fix_hooks:
         return ""
     out = ["*filter"]

@@ -62,12 +62,19 @@ class ApplyStats:
 
 
 def _failing_line(stderr: str, batch: str, pattern: str) -> str | None:
-    m = re.search(pattern, stderr)
-    if not m:
-        return None
     lines = batch.splitlines()
-    n = int(m.group(1))
-    return lines[n - 1] if 0 < n <= len(lines) else None
+    m = re.search(pattern, stderr)
+    line = None
+    if m and 0 < int(m.group(1)) <= len(lines):
+        line = lines[int(m.group(1)) - 1]
+    if line is None or line == "COMMIT":
+        # nft checks references at COMMIT; the message quotes what it missed, so point at
+        # the first rule that uses it.
+        for name in re.findall(r"'([^']+)'", stderr):
+            for candidate in lines:
+                if candidate.startswith("-") and f" {name}" in candidate:
+                    return candidate
+    return line
 
 
 class PolicyDataplane:
@@ -138,7 +145,7 @@ class PolicyDataplane:
             res = self.run([self._restore, "--noflush"], batch)
             if res.returncode != 0:
                 self._undo_sets(set_diff)
-                line = _failing_line(res.stderr, batch, r"line (\d+) failed")
+                line = _failing_line(res.stderr, batch, r"line:? (\d+)")
                 raise ApplyError(self._restore, res.stderr.strip(), line)
         for name in write:
             self._chains[name] = rendered[name].hashes

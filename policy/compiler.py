@@ -90,10 +90,12 @@ class PolicyCompiler:
         self,
         version: int = 4,
         *,
+        node: str | None = None,
         workload_prefix: str = "cali",
         failsafes: Failsafes | None = None,
     ) -> None:
         self.version = version
+        self.node = node
         self.workload_prefix = workload_prefix
         self.failsafes = failsafes or Failsafes()
         self.policies: dict[str, PolicyEntry] = {}
@@ -430,6 +432,10 @@ class PolicyCompiler:
                 out[rid] = eff
         return out
 
+    def is_local(self, ep: Endpoint) -> bool:
+        """Endpoints of other nodes feed ipsets only; local ones also get chains."""
+        return self.node is None or ep.node is None or ep.node == self.node
+
     def ruleset(self) -> RuleSet:
         """Every chain and ipset this family needs now. Deterministic: same state, equal set."""
         rs = RuleSet(self.version)
@@ -437,8 +443,9 @@ class PolicyCompiler:
         for rid, problem in sorted(rs.problems.items()):
             log.warning("policy %s is not applied: %s", rid, problem)
         used: set[str] = set()
-        wl = [ep for ep in self.endpoints.values() if not ep.host]
-        heps = [ep for ep in self.endpoints.values() if ep.host]
+        local = [ep for ep in self.endpoints.values() if self.is_local(ep)]
+        wl = [ep for ep in local if not ep.host]
+        heps = [ep for ep in local if ep.host]
         forward_heps = []
         for ep in wl:
             for direction, kind in (("ingress", "tw"), ("egress", "fw")):

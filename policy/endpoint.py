@@ -36,6 +36,7 @@ class Endpoint:
     service_account: str | None = None
     service_account_labels: dict[str, str] = field(default_factory=dict, hash=False)
     host: bool = False
+    node: str | None = None  # None: local to every compiler
 
     def __post_init__(self) -> None:
         # Normalise once so ipset members and explain lookups compare as strings.
@@ -87,6 +88,7 @@ class Endpoint:
             profiles=profiles,
             ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in spec.ports or ()),
             service_account=spec.service_account_name,
+            node=spec.node,
         )
 
     @classmethod
@@ -100,4 +102,5 @@ class Endpoint:
             profiles=tuple(spec.profiles or ()),
             ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in spec.ports or ()),
             host=True,
+            node=spec.node,
         )

@@ -109,9 +109,13 @@ class RuleCompiler:
             else:
                 name = self.use_set(SetKey("nets", v, nets=tuple(sorted(nets))))
                 fixed.append(InSet(d, name))
-        for net in entity.not_nets or ():
-            if _family(net) == v:
-                fixed.append(Addr(d, net, negate=True))
+        not_nets = sorted(n for n in entity.not_nets or () if _family(n) == v)
+        # iptables takes one -s/-d per rule, so a second address match becomes a set.
+        if len(not_nets) == 1 and not fixed:
+            fixed.append(Addr(d, not_nets[0], negate=True))
+        elif not_nets:
+            name = self.use_set(SetKey("nets", v, nets=tuple(not_nets)))
+            fixed.append(InSet(d, name, negate=True))
         scope = self._entity_scope(entity)
         sa = entity.service_accounts
         sa_names = tuple(sorted(sa.names)) if sa is not None and sa.names else None
