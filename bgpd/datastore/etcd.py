@@ -381,6 +381,13 @@ class EtcdDatastore(Datastore):
                         next_revision = rev + 1
                         yield WatchEvent(kind, ev.kv.key.decode(), value, rev)
                 log.info("etcd %s ended the watch stream; re-watching", stubs.endpoint)
+            except asyncio.CancelledError:
+                # grpc cancels our call when close() shuts the channel; only a cancel of this
+                # task itself is a real cancellation.
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    raise UnavailableError("etcd datastore is closed") from None
+                raise
             except grpc.aio.AioRpcError as exc:
                 self._check()  # closed under us: UnavailableError, as every backend says
                 err = self._error(exc, stubs, "watch")

@@ -117,6 +117,9 @@ class SqliteDatastore(Datastore):
             raise UnavailableError("sqlite datastore is closed")
 
         def job() -> T:
+            # Checked again here: close() may have run while this job sat in the queue.
+            if self._closed:
+                raise UnavailableError("sqlite datastore is closed")
             con = self._open()
             try:
                 return fn(con)
@@ -353,12 +356,9 @@ class SqliteDatastore(Datastore):
     async def close(self) -> None:
         if self._closed:
             return
-
-        def shut(con: sqlite3.Connection) -> None:
-            con.close()
-
-        if self._con is not None:
-            await self._run(shut)
         self._closed = True
-        self._con = None
+        con, self._con = self._con, None
+        if con is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, con.close)
         self._executor.shutdown(wait=False)
+        self._notify()

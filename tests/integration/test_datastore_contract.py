@@ -308,3 +308,12 @@ async def test_a_closed_store_refuses_calls(store):
     await store.close()
     with pytest.raises(UnavailableError):
         await store.get("/z")
+
+
+async def test_closing_the_store_ends_a_running_watch_with_unavailable(store):
+    rev = await store.put("/cw/a", b"1")
+    watcher = Collector(store, "/cw/", rev)
+    await watcher.wait_len(1)
+    await store.close()
+    await asyncio.wait_for(watcher.task, 15)
+    assert isinstance(watcher.error, UnavailableError)
