@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import json
 import logging
 import socket
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, VXLAN_V6_OVERHEAD
 from agent.netlink import collect, link_by_name, link_kind, rtnl
+from bgpd.datastore.base import Datastore
+from bgpd.model import Node, ResourceError, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -339,3 +342,71 @@ async def _ignore_gone(request: Any) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.ESRCH):
             raise
+
+
+# --- desired state from the datastore ---------------------------------------------------------
+
+NODE_PREFIX = "/routemesh/v1/resources/Node/"
+
+
+def vteps_from_nodes(nodes: Iterable[Node], local_node: str) -> list[Vtep]:
+    """One IPv4 Vtep per other node that has a VXLAN tunnel address and a BGP IPv4 address.
+
+    A node without a stored MAC gets the one we derive from its name (the same function it
+    uses for its own device), so both ends agree without a round trip through the store.
+    """
+    out = []
+    for node in nodes:
+        if node.name == local_node:
+            continue
+        tunnel = node.spec.ipv4_vxlan_tunnel_addr
+        underlay = node.spec.bgp.ipv4_address if node.spec.bgp else None
+        if tunnel is None or underlay is None:
+            continue
+        out.append(
+            Vtep(
+                node=node.name,
+                tunnel_ip=ipaddress.ip_address(tunnel),
+                mac=(node.spec.vxlan_tunnel_mac_addr or vtep_mac(node.name)).lower(),
+                underlay_ip=ipaddress.ip_interface(underlay).ip,
+            )
+        )
+    return sorted(out, key=lambda v: v.node)
+
+
+async def read_nodes(store: Datastore) -> list[Node]:
+    """Every readable Node resource; an unreadable one is logged and skipped."""
+    kvs, _rev = await store.list(NODE_PREFIX)
+    nodes = []
+    for kv in kvs:
+        try:
+            res = from_dict(json.loads(kv.value), source=kv.key)
+        except (ValueError, ResourceError) as exc:
+            log.warning("%s: skipping unreadable Node: %s", kv.key, exc)
+            continue
+        if isinstance(res, Node):
+            nodes.append(res)
+    return nodes
+
+
+async def vtep_address(ipam: Any, node: str, current: str | None) -> IPAddress:
+    """Our VTEP address from the pools (Calico's handle ``vxlan-tunnel-addr-<node>``).
+
+    Keep ``current`` (what our Node says) when IPAM confirms it is ours or can make it ours;
+    otherwise allocate a new one. The caller writes the answer into the Node resource.
+    """
+    handle = f"vxlan-tunnel-addr-{node}"
+    attrs = {"node": node, "type": "vxlanTunnelAddress"}
+    if current:
+        try:
+            await ipam.assign_ip(handle, current, attrs=attrs)
+            return ipaddress.ip_address(current)
+        except Exception as exc:  # in use by another handle, or no longer in a pool
+            log.warning("VTEP address %s is not ours any more (%s); allocating anew", current, exc)
+    [address] = await ipam.assign(handle, ipv4=1, attrs=attrs)
+    return address
+
+
+async def resync_vteps(tunnels: Tunnels, store: Datastore, local_node: str) -> VtepReport:
+    """One full resync: desired VTEPs from the Nodes in the store, reconciled into the kernel."""
+    return await tunnels.reconcile_vteps(vteps_from_nodes(await read_nodes(store), local_node))

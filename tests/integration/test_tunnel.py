@@ -12,13 +12,17 @@ import pytest
 from agent.endpoint import EndpointDataplane, EndpointSpec
 from agent.mtu import detect_host_mtu, workload_mtu
 from agent.tunnels import (
+    NODE_PREFIX,
     VXLAN_NAME,
     Tunnels,
     Vtep,
     VxlanConfig,
+    resync_vteps,
     tunnel_mtu,
     vtep_mac,
 )
+from bgpd.datastore.memory import MemoryDatastore
+from bgpd.model import from_dict, to_dict
 from tests.lab import Lab, Netns, require_link_kind
 
 pytestmark = pytest.mark.root
@@ -185,3 +189,36 @@ async def test_ipip_where_supported_else_one_warning_and_a_condition(
         warnings = [r for r in caplog.records if "IPIP unavailable" in r.getMessage()]
         assert len(warnings) == 1
         assert "tunl0" not in host.ip("link").stdout
+
+
+async def test_vteps_follow_the_nodes_in_the_datastore(lab: Lab) -> None:
+    require_link_kind("vxlan")
+    a, b, _uplinks = two_hosts(lab)
+    store = MemoryDatastore()
+
+    async def put_node(name: str, underlay: str, tunnel: str) -> None:
+        doc = {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
+               "spec": {"bgp": {"ipv4Address": f"{underlay}/24"}, "ipv4VXLANTunnelAddr": tunnel}}  # fmt: skip
+        await store.put(NODE_PREFIX + name, json.dumps(to_dict(from_dict(doc))).encode())
+
+    hosts = {"node-a": (a, "198.18.0.1", "10.244.0.0"), "node-b": (b, "198.18.0.2", "10.244.1.0")}
+    for name, (ns, underlay, tunnel) in hosts.items():
+        await put_node(name, underlay, tunnel)
+        cfg = VxlanConfig(ip(underlay), ip(tunnel), vtep_mac(name), 1450)
+        assert (await Tunnels(netns=ns.name).ensure_vxlan(cfg)).status
+    # A third node joins in the store only; its entries appear at the next resync.
+    await put_node("node-c", "198.18.0.3", "10.244.2.0")
+    for name, (ns, _u, _t) in hosts.items():
+        report = await resync_vteps(Tunnels(netns=ns.name), store, name)
+        assert len(report.added) == 4, report
+    # The block routes are the FIB's; here one per side stands in for them.
+    a.ip("route", "add", "10.244.1.0/26", "via", "10.244.1.0", "dev", VXLAN_NAME, "onlink")
+    b.ip("route", "add", "10.244.0.0/26", "via", "10.244.0.0", "dev", VXLAN_NAME, "onlink")
+    assert a.ping("10.244.1.0") and b.ping("10.244.0.0")
+    assert "10.244.2.0" in a.ip("neigh", "show", "dev", VXLAN_NAME).stdout
+    # node-c leaves: only its entries go, and the tunnel between a and b keeps working.
+    await store.delete(NODE_PREFIX + "node-c")
+    report = await resync_vteps(Tunnels(netns=a.name), store, "node-a")
+    assert len(report.removed) == 2 and all("10.244.2.0" in r or vtep_mac("node-c") in r
+                                            for r in report.removed)  # fmt: skip
+    assert a.ping("10.244.1.0")
