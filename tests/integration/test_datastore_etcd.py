@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bgpd.datastore.base import DatastoreError, UnavailableError, WatchEvent
+from bgpd.datastore.base import CompactedError, DatastoreError, UnavailableError, WatchEvent
 from bgpd.datastore.etcd import EtcdDatastore, EtcdTls
 from tests.integration.test_datastore_contract import Collector
 from tests.lab.etcd import free_port
@@ -117,3 +117,25 @@ async def test_tls_errors_never_show_the_key_file(etcd_tls_server, tmp_path):
         assert "PRIVATE KEY" not in str(err.value) and secret not in str(err.value)
     finally:
         await ds.close()
+
+
+async def test_a_rewatch_into_compacted_history_raises_compacted(etcd_server):
+    ds = EtcdDatastore([etcd_server.endpoint], retry_for=60)
+    other = EtcdDatastore([etcd_server.endpoint], retry_for=60)
+    try:
+        r1 = await ds.put("/k/a", b"1")
+        stream = ds.watch("/k/", start_revision=r1)
+        assert (await anext(stream)).revision == r1
+        # The consumer pauses; meanwhile the connection dies and the history it would resume
+        # from is compacted away. Resuming must say so rather than skip events silently.
+        await asyncio.to_thread(etcd_server.restart)
+        await other.put("/k/a", b"2")
+        r3 = await other.put("/k/a", b"3")
+        await other.compact(r3)
+        with pytest.raises(CompactedError) as err:
+            await asyncio.wait_for(anext(stream), 30)
+        assert err.value.requested == r1 + 1
+        await stream.aclose()
+    finally:
+        await ds.close()
+        await other.close()
