@@ -8,6 +8,7 @@ directly for several members of your own.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,14 @@ from tests.lab.require import require_binary
 from tests.lab.waiting import LabTimeout
 
 _READY = "ready to serve client requests"
+# Servers still running when the interpreter exits (an interrupted run) are stopped then.
+_RUNNING: weakref.WeakSet[EtcdServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop()
 
 
 def free_port() -> int:
@@ -154,6 +164,7 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
@@ -169,6 +180,7 @@ class EtcdServer:
     def stop(self) -> None:
         """Stop etcd (SIGTERM, then SIGKILL), keeping its data for a later ``start``."""
         proc, self.proc = self.proc, None
+        _RUNNING.discard(self)
         if proc is None:
             return
         proc.send_signal(signal.SIGTERM)
