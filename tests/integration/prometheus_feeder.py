@@ -4,7 +4,8 @@ Run by tests/integration/test_prometheus.py as a real process for a real Prometh
 until the daemons serve `/metrics` themselves. Speaker A (127.0.0.1) dials speaker B
 (127.0.0.2, passive); each announces its prefixes once Established. Protocol on stdio:
 it prints one JSON line with both metrics ports, then obeys lines on stdin:
-`start` (open the sessions), `withdraw N` (A withdraws its first N IPv4 prefixes).
+`start` (open the sessions), `withdraw N` (A withdraws its first N IPv4 prefixes), `stop`
+(A ends the session with a Cease).
 It sends sd_notify READY=1 when both sessions are Established, and exits at stdin EOF.
 """
 
@@ -175,6 +176,8 @@ async def main(v4: int, v6: int) -> int:
                 a.driver.start()
             elif line[0] == "withdraw":
                 a.withdraw(int(line[1]))
+            elif line[0] == "stop":
+                a.driver.stop()
             print("ok", flush=True)
     finally:
         notifier.stopping()

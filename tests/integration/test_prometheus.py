@@ -25,6 +25,7 @@ from tests.lab.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 V4, V6, WITHDRAWN = 20, 5, 5
+ALERTS = ROOT / "configs" / "prometheus" / "routemesh-alerts.yml"
 FEEDER = (sys.executable, "-m", "tests.integration.prometheus_feeder")
 
 
@@ -97,6 +98,8 @@ class Prometheus:
             json.dumps(
                 {
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    # The shipped alert rules, evaluated against the live metrics.
+                    "rule_files": [str(ALERTS)],
                     "scrape_configs": [
                         {"job_name": "routemesh", "static_configs": [{"targets": targets}]}
                     ],
@@ -138,6 +141,16 @@ class Prometheus:
             )
             out[key] = float(row["value"][1])
         return out
+
+    def alerts(self, name: str) -> dict[str, str]:
+        """{peer: state} of the active (pending or firing) alerts called `name`."""
+        status, body = http_get(self.url + "/api/v1/alerts")
+        assert status == 200, body
+        return {
+            a["labels"].get("instance", "") + " " + a["labels"].get("peer", ""): a["state"]
+            for a in json.loads(body)["data"]["alerts"]
+            if a["labels"]["alertname"] == name
+        }
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -183,6 +196,14 @@ def test_prometheus_scrapes_session_gauge_and_prefix_counts(feeder: Feeder, prom
     established = 'routemesh_bgp_session_state{state="Established"}'
     assert set(prometheus.query(established).values()) == {0.0}
     assert feeder.notifications() == []
+    down = "RoutemeshBGPSessionDown"
+    both_pending = {f"{a} 127.0.0.2": "pending", f"{b} 127.0.0.1": "pending"}
+    wait_for(
+        lambda: prometheus.alerts(down) == both_pending,
+        timeout=30,
+        what="the shipped session-down alert pending for both idle sessions",
+        describe=lambda: str(prometheus.alerts(down)),
+    )
 
     feeder.send("start")
     want = {f"instance={a},peer=127.0.0.2": 1.0, f"instance={b},peer=127.0.0.1": 1.0}
@@ -236,6 +257,25 @@ def test_prometheus_scrapes_session_gauge_and_prefix_counts(feeder: Feeder, prom
     # The uptime gauge is exported and positive for a live session.
     uptimes = prometheus.query("routemesh_bgp_session_uptime_seconds > 0")
     assert len(uptimes) == 2
+    wait_for(
+        lambda: prometheus.alerts(down) == {},
+        timeout=30,
+        what="no session-down alert while both sessions are up",
+        describe=lambda: str(prometheus.alerts(down)),
+    )
+
+    # A ends the session: both sides count a flap, and the alert is pending again.
+    feeder.send("stop")
+    wait_for(
+        lambda: prometheus.alerts(down) == both_pending,
+        timeout=30,
+        what="the session-down alert after a Cease",
+        describe=lambda: str(prometheus.alerts(down)),
+    )
+    flaps = prometheus.query("routemesh_bgp_session_flaps_total")
+    assert set(flaps.values()) == {1.0}, flaps
+    cease = prometheus.query('routemesh_bgp_last_notification_code{type="received"}')
+    assert cease == {f"instance={b},peer=127.0.0.1,type=received": 6.0}, cease
 
 
 def _strip(result: dict[str, float]) -> dict[str, float]:
