@@ -399,6 +399,58 @@ class EndpointDataplane:
             for name, msg in sorted(links.items())
         ]
 
+    async def repair_host_side(self, host_ifname: str, addresses: Iterable[IPAddress]) -> list[str]:
+        """The agent's half (Felix's): MAC, sysctls, up state and our routes on an existing
+        host veth, without entering the workload's namespace. Returns what it changed.
+
+        EndpointError if the link is gone: only the CNI plugin can rebuild a veth, because
+        only it knows the workload's namespace.
+        """
+        addrs = tuple(addresses)
+        ipv6 = any(a.version == 6 for a in addrs)
+        changed: list[str] = []
+        async with rtnl(self.host_netns) as host:
+            link = await link_by_name(host, host_ifname)
+            if link is None:
+                raise EndpointError(f"host interface {host_ifname} is missing")
+            index = link["index"]
+            if (link.get("IFLA_ADDRESS") or "").lower() != HOST_MAC:
+                await host.link("set", index=index, address=HOST_MAC)
+                changed.append("mac")
+            want = dict(_host_sysctls(host_ifname, ipv6))
+            got = read_sysctls(want, netns=self.host_netns)
+            wrong = [(k, v) for k, v in want.items() if got[k] != v]
+            if wrong:
+                write_sysctls(wrong, netns=self.host_netns)
+                changed += [f"sysctl {k}" for k, _ in wrong]
+            if ipv6:
+                await _ensure_addr(host, index, ipaddress.ip_address(IPV6_GATEWAY), 64)
+            if not link["flags"] & 1:
+                await host.link("set", index=index, state="up")
+                changed.append("up")
+            have = {
+                (ipaddress.ip_address(m.get("RTA_DST")), m["dst_len"])
+                for m in await self._our_routes(host)
+                if m.get("RTA_OIF") == index
+            }
+            if have != {(a, _plen(a)) for a in addrs}:
+                await self._sync_host_routes(host, index, addrs)
+                changed.append("routes")
+        return changed
+
+    async def prune_routes(self, links: Iterable[str]) -> list[str]:
+        """Delete our routes whose device is not one of ``links``; returns them as text."""
+        keep = set(links)
+        pruned = []
+        async with rtnl(self.host_netns) as host:
+            by_name = await link_names(host, "")
+            owned = {msg["index"] for name, msg in by_name.items() if name in keep}
+            for msg in await self._our_routes(host):
+                if msg.get("RTA_OIF") not in owned:
+                    pruned.append(f"{msg.get('RTA_DST')}/{msg['dst_len']}")
+                    await _del_route(host, msg)
+        return pruned
+
     async def reconcile(
         self, desired: Iterable[EndpointSpec], *, keep: Iterable[str] = ()
     ) -> ReconcileReport:

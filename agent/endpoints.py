@@ -3,6 +3,7 @@ WorkloadEndpoint record. The CNI plugin and `routemesh endpoint` both go through
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
@@ -254,36 +255,81 @@ class Workloads:
                 out.append(wep)
         return out
 
-    async def reconcile(self, netns_of: Mapping[str, str], *, mtu: int = DEFAULT_MTU) -> Any:
-        """Repair the kernel from this node's records: ``netns_of`` maps a record's container
-        id to its netns (the runtime knows it; records whose netns is unknown are skipped
-        rather than deleted, so a restart of the agent never kills a live workload)."""
-        specs = []
-        keep: set[str] = set()
-        for wep in await self.recorded():
-            keep.add(wep.spec.interface_name or "")
-            netns = netns_of.get(wep.spec.container_id or "")
-            if netns is None or not wep.spec.pod:
-                continue
-            specs.append(
-                EndpointSpec(
-                    namespace=wep.namespace or "default",
-                    name=wep.spec.pod,
-                    netns=netns,
-                    addresses=tuple(
-                        ipaddress.ip_interface(n).ip for n in wep.spec.ip_networks or ()
-                    ),
-                    ifname=wep.spec.endpoint or "eth0",
-                    mtu=mtu,
-                    prefix=self.dataplane.prefix,
+
+@dataclass
+class ResyncReport:
+    repaired: dict[str, list[str]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    stale_routes: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class EndpointResync:
+    """The agent's endpoint resync: this node's WorkloadEndpoint records against the host.
+
+    Recorded endpoints get their host side repaired; a recorded endpoint whose veth is gone
+    is reported missing (only CNI can rebuild it). A cali link nobody recorded is removed
+    only when the previous pass saw it unrecorded too, because the CNI plugin creates the
+    veth before it writes the record and an ADD in flight must never be torn down.
+    """
+
+    def __init__(self, workloads: Workloads) -> None:
+        self.workloads = workloads
+        self._suspects: set[str] = set()
+
+    async def run_once(self) -> ResyncReport:
+        report = ResyncReport()
+        dataplane = self.workloads.dataplane
+        recorded: dict[str, tuple[IPAddress, ...]] = {}
+        for wep in await self.workloads.recorded():
+            if wep.spec.interface_name:
+                recorded[wep.spec.interface_name] = tuple(
+                    ipaddress.ip_interface(n).ip for n in wep.spec.ip_networks or ()
                 )
-            )
-        return await self.dataplane.reconcile(specs, keep=keep)
+        present = {ep.host_ifname for ep in await dataplane.list()}
+        for iface, addrs in sorted(recorded.items()):
+            if iface not in present:
+                report.missing.append(iface)
+                continue
+            try:
+                changed = await dataplane.repair_host_side(iface, addrs)
+            except (EndpointError, OSError) as exc:
+                report.errors[iface] = str(exc)
+                continue
+            if changed:
+                log.info("resync repaired %s: %s", iface, ", ".join(changed))
+                report.repaired[iface] = changed
+        unrecorded = present - set(recorded)
+        for iface in sorted(unrecorded):
+            if iface in self._suspects and await dataplane.delete_link(iface):
+                log.info("resync removed %s: no WorkloadEndpoint records it", iface)
+                report.removed.append(iface)
+            else:
+                report.pending.append(iface)
+        self._suspects = set(report.pending)
+        report.stale_routes = await dataplane.prune_routes(present - set(report.removed))
+        return report
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Resync at start and then every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("endpoint resync failed; retrying at the next interval")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
 
 
 __all__ = [
     "Attached",
     "EndpointError",
+    "EndpointResync",
+    "ResyncReport",
     "WorkloadError",
     "WorkloadRequest",
     "Workloads",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from ipaddress import ip_address
 
 import pytest
 
@@ -17,7 +18,11 @@ from agent.endpoint import (
     EndpointSpec,
     veth_name,
 )
+from agent.endpoints import EndpointResync, WorkloadRequest, Workloads
 from agent.netlink import read_sysctls
+from bgpd.datastore.memory import MemoryDatastore
+from bgpd.model import from_dict, to_dict
+from ipam import Ipam
 from tests.lab import Lab, Netns, wait_for
 
 pytestmark = pytest.mark.root
@@ -197,3 +202,44 @@ async def test_stale_veth_is_replaced_and_foreign_eth0_refused(lab: Lab) -> None
         await dp.create(EndpointSpec("default", "busy", busy.name, (V4,)))
     with pytest.raises(EndpointError, match="does not exist"):
         await dp.create(EndpointSpec("default", "gone", "rm-no-such-ns", (V4,)))
+
+
+async def test_agent_resync_repairs_recorded_and_removes_unrecorded_after_grace(
+    lab: Lab,
+) -> None:
+    host = make_host(lab)
+    store = MemoryDatastore()
+    pool = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "p"},
+            "spec": {"cidr": "10.244.0.0/16"}}  # fmt: skip
+    await store.put(
+        "/routemesh/v1/resources/IPPool/p", json.dumps(to_dict(from_dict(pool))).encode()
+    )
+    dp = EndpointDataplane(host_netns=host.name)
+    workloads = Workloads("node1", dp, ipam=Ipam(store, "node1"), store=store)
+    pods = {name: lab.netns(forwarding=False) for name in ("a", "b")}
+    attached = {}
+    for name, ns in pods.items():
+        req = WorkloadRequest("default", name, ns.name, container_id=name, handle=f"net.{name}")
+        attached[name] = await workloads.add(req)
+    a_if, b_if = attached["a"].plumbed.host_ifname, attached["b"].plumbed.host_ifname
+    a_addr = attached["a"].plumbed.addresses[0]
+    # Drift on a recorded endpoint; a leaked veth nobody recorded; b's veth vanishes.
+    host.ip("route", "del", f"{a_addr}/32", "dev", a_if)
+    host.sysctl(f"net.ipv4.conf.{a_if}.proxy_arp", 0)
+    leak_ns = lab.netns(forwarding=False)
+    await dp.create(EndpointSpec("default", "leak", leak_ns.name, (ip_address("10.244.99.9"),)))
+    host.ip("link", "del", b_if)
+
+    resync = EndpointResync(workloads)
+    first = await resync.run_once()
+    assert first.repaired == {a_if: [f"sysctl net/ipv4/conf/{a_if}/proxy_arp", "routes"]}
+    assert first.missing == [b_if]
+    leak_if = veth_name("default.leak")
+    assert first.pending == [leak_if] and first.removed == []
+    assert pods["a"].ping("198.18.0.1")
+
+    second = await resync.run_once()
+    assert second.repaired == {} and second.removed == [leak_if] and second.pending == []
+    assert leak_if not in links(host) and a_if in links(host)
+    third = await resync.run_once()
+    assert (third.repaired, third.removed, third.pending) == ({}, [], [])
