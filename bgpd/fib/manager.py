@@ -42,6 +42,7 @@ class FibManager:
         scan_time: float = 30.0,
         slice_size: int = 2000,
         resolve: bool = True,
+        watch: bool = True,
         on_reachability: ReachabilityCallback | None = None,
         on_error: Callable[[RouteError], None] | None = None,
     ) -> None:
@@ -50,6 +51,7 @@ class FibManager:
         self.scan_time = scan_time
         self.slice_size = slice_size
         self.resolver = NextHopResolver(fib.protocol) if resolve else None
+        self.watch = watch
         self.on_reachability = on_reachability
         self.on_error = on_error
         self.desired: dict[Prefix, Route] = {}
@@ -57,7 +59,10 @@ class FibManager:
         self.foreign: dict[Prefix, list[tuple[int, int]]] = {}  # prefix -> (protocol, metric)
         self.conflicts: dict[Prefix, Conflict] = {}
         self.recent_errors: deque[RouteError] = deque(maxlen=256)
+        # Queued changes: the latest per prefix in a dict, their order in a deque (popping the
+        # front of a dict is not O(1): CPython skips the dead entries on every iteration).
         self._pending: dict[Prefix, object] = {}
+        self._order: deque[Prefix] = deque()
         self._repairing: set[Prefix] = set()
         self._inflight: set[Prefix] = set()
         self._gw_users: dict[tuple[int, int], set[Prefix]] = {}
@@ -93,12 +98,16 @@ class FibManager:
 
     def update(self, route: Route) -> None:
         """Want ``route`` in the kernel (replacing any other route of ours at its prefix)."""
-        self._pending[route.prefix] = route
-        self._kick()
+        self._queue(route.prefix, route)
 
     def withdraw(self, prefix: Prefix) -> None:
         """Want no route of ours at ``prefix``."""
-        self._pending[prefix] = None
+        self._queue(prefix, None)
+
+    def _queue(self, prefix: Prefix, value: object) -> None:
+        if prefix not in self._pending:
+            self._order.append(prefix)
+        self._pending[prefix] = value
         self._kick()
 
     def converged(self) -> None:
@@ -115,7 +124,8 @@ class FibManager:
         if self.resolver is not None:
             main = kernel if self.fib.table == MAIN_TABLE else await self.fib.dump(MAIN_TABLE)
             self.resolver.load(main)
-        self._close_monitor = self.fib.monitor(self._on_kernel_event)
+        if self.watch:
+            self._close_monitor = self.fib.monitor(self._on_kernel_event)
         self._task = asyncio.create_task(self._run(), name="fib-manager")
         log.info(
             "fib: %d routes of protocol %d found in table %d; kept until converged",
@@ -210,8 +220,8 @@ class FibManager:
     async def _apply_slice(self) -> None:
         writes: list[Route] = []
         deletes: list[Prefix] = []
-        for _ in range(min(self.slice_size, len(self._pending))):
-            prefix = next(iter(self._pending))
+        for _ in range(min(self.slice_size, len(self._order))):
+            prefix = self._order.popleft()
             value = self._pending.pop(prefix)
             explicit = value is None
             if value is None:
@@ -406,7 +416,8 @@ class FibManager:
                 self._tell(key, via is not None)
             if requeue:
                 for prefix in users:
-                    self._pending.setdefault(prefix, _RECHECK)
+                    if prefix not in self._pending:
+                        self._queue(prefix, _RECHECK)
 
     # -- kernel events -----------------------------------------------------------------------
 
@@ -483,6 +494,5 @@ class FibManager:
 
     def _queue_repair(self, prefix: Prefix) -> None:
         if prefix not in self._pending:
-            self._pending[prefix] = _RECHECK
+            self._queue(prefix, _RECHECK)
             self._repairing.add(prefix)
-            self._kick()

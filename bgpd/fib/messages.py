@@ -307,6 +307,20 @@ def route_header(buf: bytes | memoryview, start: int) -> tuple[int, int, int, in
     return VERSION.get(family, 0), dst_len, table8, proto, rtype
 
 
+def route_key(buf: bytes | memoryview, start: int, end: int) -> tuple[Prefix, int, int, int]:
+    """(prefix, table, protocol, type) of a route message without building a route: the
+    monitor's fast path for the echoes of our own writes."""
+    family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = RTMSG.unpack_from(buf, start)
+    version = VERSION.get(family, 0)
+    dst = 0
+    for akind, a, b in _attrs(buf, start + RTMSG.size, end):
+        if akind == RTA_DST:
+            dst = int.from_bytes(buf[a:b], "big")
+        elif akind == RTA_TABLE and b - a == 4:
+            (table,) = U32.unpack_from(buf, a)
+    return (version, dst, dst_len), table, proto, rtype
+
+
 def parse_route(
     buf: bytes | memoryview, start: int, end: int, ifnames: Mapping[int, str]
 ) -> KernelRoute | None:
