@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from agent import ipsets
 from agent import iptables as ipt
-from policy.ruleset import IPSet, RuleSet
+from policy.ruleset import Chain, IPSet, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class PolicyDataplane:
         self._restore = "iptables-nft-restore" if version == 4 else "ip6tables-nft-restore"
         self._save = "iptables-nft-save" if version == 4 else "ip6tables-nft-save"
         self._renderer = ipt.Renderer()
+        self._rendered: dict[str, tuple[Chain, ipt.RenderedChain]] = {}
         # What we believe the kernel holds; None until the first reconcile reads it.
         self._chains: dict[str, tuple[str, ...]] | None = None
         self._sets: dict[str, IPSet] = {}
@@ -121,7 +122,7 @@ class PolicyDataplane:
         assert self._chains is not None
         self.status = dict(rs.problems)
         stats = ApplyStats()
-        rendered = {name: self._renderer.chain(name, rules) for name, rules in rs.chains.items()}
+        rendered = {name: self._render(name, rules) for name, rules in rs.chains.items()}
         write = [n for n, rc in rendered.items() if self._chains.get(n) != rc.hashes]
         delete = [n for n in self._chains if n not in rendered]
         set_diff = ipsets.diff(self._sets, rs.ipsets)
@@ -161,6 +162,16 @@ class PolicyDataplane:
         for key, problem in sorted(rs.problems.items()):
             log.warning("not applied: %s: %s", key, problem)
         return stats
+
+    def _render(self, name: str, rules: Chain) -> ipt.RenderedChain:
+        # The compiler hands back the same tuple for an unchanged chain; skip even the
+        # per-rule lookups then.
+        hit = self._rendered.get(name)
+        if hit is not None and hit[0] is rules:
+            return hit[1]
+        out = self._renderer.chain(name, rules)
+        self._rendered[name] = (rules, out)
+        return out
 
     def _undo_sets(self, set_diff: ipsets.SetDiff) -> None:
         undo = set_diff.undo_text()

@@ -75,6 +75,10 @@ class _NamespaceLabels(Mapping[str, Mapping[str, str]]):
         return 0
 
 
+def _set_ns(key: SetKey) -> str | None:
+    return key.scope[1] if key.scope[0] == "ns" else None
+
+
 def _rid_policy(key: str) -> str:
     return "policy:" + key
 
@@ -104,7 +108,18 @@ class PolicyCompiler:
         self.tiers: dict[str, TierEntry] = {}
         self.endpoints: dict[str, Endpoint] = {}
         self._labels: dict[str, dict[str, str]] = {}
-        self._applies: dict[str, set[str]] = {}
+        self._applies: dict[str, set[str]] = {}  # policy key -> endpoint keys it selects
+        self._ep_policies: dict[str, set[str]] = {}  # and the reverse
+        # Namespaced policies and sets scoped to one namespace only ever see its endpoints.
+        self._policies_by_ns: dict[str | None, set[str]] = {}
+        self._sets_by_ns: dict[str | None, set[SetKey]] = {}
+        # Assembly caches: per-endpoint chains (dropped when the endpoint changes or when any
+        # policy, profile or tier does) and per-set members (dropped when a member changes).
+        self._gen = 0
+        self._cache_token: tuple | None = None
+        self._ep_cache: dict[str, tuple[dict[str, Chain], set[str], bool]] = {}
+        self._dirty_eps: set[str] = set()
+        self._set_cache: dict[SetKey, IPSet] = {}
         self._compiled: dict[str, Compiled] = {}
         self._last_good: dict[str, Compiled] = {}
         self._set_users: dict[SetKey, set[str]] = {}
@@ -151,16 +166,21 @@ class PolicyCompiler:
             self._upsert_netset(network_set_entry(res))
         elif isinstance(res, Tier):
             self.tiers[res.name] = tier_entry(res)
+            self._gen += 1
         else:
             return False
         return True
 
     def delete(self, key: str) -> None:
         """Remove a resource by `resource_key`."""
+        self._gen += 1
         kind, _, rest = key.partition("/")
         if kind in ("NetworkPolicy", "GlobalNetworkPolicy", "K8sNetworkPolicy"):
-            if self.policies.pop(key, None) is not None:
-                self._applies.pop(key, None)
+            old_policy = self.policies.pop(key, None)
+            if old_policy is not None:
+                self._policies_by_ns[old_policy.namespace].discard(key)
+                for ekey in self._applies.pop(key, ()):
+                    self._ep_policies[ekey].discard(key)
                 self._drop_compiled(_rid_policy(key))
         elif kind == "Profile":
             old = self.profiles.pop(rest, None)
@@ -169,18 +189,26 @@ class PolicyCompiler:
                 self._labels_changed(old, None)
         elif kind == "Tier":
             self.tiers.pop(rest, None)
+            self._gen += 1
         elif self.netsets.pop(key, None) is not None:
-            for contrib in self._contrib.values():
-                contrib.pop(key, None)
+            for set_key in list(self._contrib):
+                self._contribute(set_key, key, ())
 
     def _upsert_policy(self, entry: PolicyEntry) -> None:
         old = self.policies.get(entry.key)
         if old is not None and old.fingerprint == entry.fingerprint:
             return
         self.policies[entry.key] = entry
-        self._applies[entry.key] = {
+        self._gen += 1
+        self._policies_by_ns.setdefault(entry.namespace, set()).add(entry.key)
+        selected = {
             k for k, ep in self.endpoints.items() if self._selects(entry, ep, self._labels[k])
         }
+        for ekey in self._applies.get(entry.key, set()) - selected:
+            self._ep_policies[ekey].discard(entry.key)
+        for ekey in selected:
+            self._ep_policies[ekey].add(entry.key)
+        self._applies[entry.key] = selected
         self._compile(_rid_policy(entry.key))
 
     def _upsert_profile(self, entry: ProfileEntry) -> None:
@@ -188,6 +216,7 @@ class PolicyCompiler:
         if old is not None and old.fingerprint == entry.fingerprint:
             return
         self.profiles[entry.name] = entry
+        self._gen += 1
         self._compile(_rid_profile(entry.name))
         self._labels_changed(old, entry)
 
@@ -234,32 +263,47 @@ class PolicyCompiler:
         ep = self.endpoints.pop(key, None)
         if ep is None:
             return
+        self._dirty_eps.add(key)
         for p in ep.ports:
             self._ports[(p.protocol, p.name)] -= 1
         self._labels.pop(key, None)
-        for eps in self._applies.values():
-            eps.discard(key)
-        for contrib in self._contrib.values():
-            contrib.pop(key, None)
+        for pkey in self._ep_policies.pop(key, ()):
+            self._applies[pkey].discard(key)
+        for set_key in list(self._contrib):
+            self._contribute(set_key, key, ())
 
     def _index_endpoint(self, ep: Endpoint) -> None:
+        self._dirty_eps.add(ep.key)
         labels = endpoint_labels(ep, self.profiles)
         self._labels[ep.key] = labels
-        for pkey, entry in self.policies.items():
+        mine = self._ep_policies.setdefault(ep.key, set())
+        candidates = self._policies_by_ns.get(None, set())
+        if ep.namespace is not None:
+            candidates = candidates | self._policies_by_ns.get(ep.namespace, set())
+        for pkey in candidates:
+            entry = self.policies[pkey]
             if self._selects(entry, ep, labels):
                 self._applies[pkey].add(ep.key)
+                mine.add(pkey)
             else:
                 self._applies[pkey].discard(ep.key)
+                mine.discard(pkey)
         nsv = _NamespaceLabels(self)
-        for key, matcher in self._matchers.items():
-            self._contribute(key, ep.key, matcher.endpoint_members(ep, labels, nsv))
+        keys = self._sets_by_ns.get(None, set())
+        if ep.namespace is not None:
+            keys = keys | self._sets_by_ns.get(ep.namespace, set())
+        for key in keys:
+            members = self._matchers[key].endpoint_members(ep, labels, nsv)
+            self._contribute(key, ep.key, members)
 
     def _contribute(self, key: SetKey, who: str, members: tuple[str, ...]) -> None:
         contrib = self._contrib[key]
         if members:
-            contrib[who] = members
-        else:
-            contrib.pop(who, None)
+            if contrib.get(who) != members:
+                contrib[who] = members
+                self._set_cache.pop(key, None)
+        elif contrib.pop(who, None) is not None:
+            self._set_cache.pop(key, None)
 
     def _selects(self, p: PolicyEntry, ep: Endpoint, labels: dict[str, str]) -> bool:
         if ep.host:
@@ -350,11 +394,14 @@ class PolicyCompiler:
             if not users and not (last is not None and key in last.sets):
                 del self._set_users[key]
                 self._matchers.pop(key, None)
+                self._sets_by_ns[_set_ns(key)].discard(key)
                 self._contrib.pop(key, None)
+                self._set_cache.pop(key, None)
 
     def _add_set(self, key: SetKey) -> None:
         matcher = SetMatcher(key)
         self._matchers[key] = matcher
+        self._sets_by_ns.setdefault(_set_ns(key), set()).add(key)
         contrib: dict[str, tuple[str, ...]] = {}
         if key.kind == "nets":
             contrib["nets"] = matcher.static_members()
@@ -369,6 +416,7 @@ class PolicyCompiler:
                 if members:
                     contrib[k] = members
         self._contrib[key] = contrib
+        self._set_cache.pop(key, None)
 
     # --- assembly --------------------------------------------------------------------------
 
@@ -395,9 +443,7 @@ class PolicyCompiler:
         """The tiers and policies that apply to an endpoint in one direction, in order."""
         by_tier: dict[str, list[PolicyEntry]] = {}
         ckind = "pi" if direction == "ingress" else "po"
-        for pkey, eps in self._applies.items():
-            if ep_key not in eps:
-                continue
+        for pkey in self._ep_policies.get(ep_key, ()):
             p = self.policies[pkey]
             if direction.capitalize() not in p.types or _rid_policy(pkey) not in included:
                 continue
@@ -443,31 +489,26 @@ class PolicyCompiler:
         for rid, problem in sorted(rs.problems.items()):
             log.warning("policy %s is not applied: %s", rid, problem)
         used: set[str] = set()
+        token = (self._gen, frozenset(included))
+        if token != self._cache_token:
+            self._ep_cache.clear()
+            self._cache_token = token
+        for key in self._dirty_eps:
+            self._ep_cache.pop(key, None)
+        self._dirty_eps.clear()
         local = [ep for ep in self.endpoints.values() if self.is_local(ep)]
         wl = [ep for ep in local if not ep.host]
         heps = [ep for ep in local if ep.host]
         forward_heps = []
-        for ep in wl:
-            for direction, kind in (("ingress", "tw"), ("egress", "fw")):
-                rs.chains[chain_name(kind, ep.iface)] = self._endpoint_chain(
-                    ep, direction, included, used
-                )
-        for ep in heps:
-            ident = iface_ident(ep.iface)
-            for direction, kind in (("ingress", "fh"), ("egress", "th")):
-                rs.chains[chain_name(kind, ident)] = self._endpoint_chain(
-                    ep, direction, included, used
-                )
-            if any(
-                self.policies[k].apply_on_forward
-                for k, eps in self._applies.items()
-                if ep.key in eps
-            ):
+        for ep in local:
+            cached = self._ep_cache.get(ep.key)
+            if cached is None:
+                cached = self._ep_cache[ep.key] = self._endpoint_chains(ep, included)
+            chains, ep_used, forward = cached
+            rs.chains.update(chains)
+            used.update(ep_used)
+            if forward:
                 forward_heps.append(ep)
-                for direction, kind in (("ingress", "fhfw"), ("egress", "thfw")):
-                    rs.chains[chain_name(kind, ident)] = self._endpoint_chain(
-                        ep, direction, included, used, forward=True
-                    )
         rs.chains[layout.FROM_WL] = layout.dispatch(wl, "in", "fw", catch_all=True)
         rs.chains[layout.TO_WL] = layout.dispatch(wl, "out", "tw", catch_all=True)
         if heps:
@@ -493,13 +534,40 @@ class PolicyCompiler:
             for key, set_name in compiled.sets.items():
                 set_keys[set_name] = key
         for set_name, key in sorted(set_keys.items()):
-            contrib = self._contrib.get(key)
-            if contrib is None:  # kept alive only by a last-good version
-                self._add_set(key)
-                contrib = self._contrib[key]
-            members = frozenset(m for ms in contrib.values() for m in ms)
-            rs.ipsets[set_name] = IPSet(set_name, key.set_type, self.version, members)
+            ipset = self._set_cache.get(key)
+            if ipset is None:
+                contrib = self._contrib.get(key)
+                if contrib is None:  # kept alive only by a last-good version
+                    self._add_set(key)
+                    contrib = self._contrib[key]
+                members = frozenset(m for ms in contrib.values() for m in ms)
+                ipset = self._set_cache[key] = IPSet(set_name, key.set_type, self.version, members)
+            rs.ipsets[set_name] = ipset
         return rs
+
+    def _endpoint_chains(
+        self, ep: Endpoint, included: dict[str, Compiled]
+    ) -> tuple[dict[str, Chain], set[str], bool]:
+        """One endpoint's chains, the policy/profile chains they use, and whether it is a
+        host endpoint with applyOnForward policies."""
+        chains: dict[str, Chain] = {}
+        used: set[str] = set()
+        if not ep.host:
+            for direction, kind in (("ingress", "tw"), ("egress", "fw")):
+                chains[chain_name(kind, ep.iface)] = self._endpoint_chain(
+                    ep, direction, included, used
+                )
+            return chains, used, False
+        ident = iface_ident(ep.iface)
+        for direction, kind in (("ingress", "fh"), ("egress", "th")):
+            chains[chain_name(kind, ident)] = self._endpoint_chain(ep, direction, included, used)
+        forward = any(self.policies[k].apply_on_forward for k in self._ep_policies.get(ep.key, ()))
+        if forward:
+            for direction, kind in (("ingress", "fhfw"), ("egress", "thfw")):
+                chains[chain_name(kind, ident)] = self._endpoint_chain(
+                    ep, direction, included, used, forward=True
+                )
+        return chains, used, forward
 
     def _endpoint_chain(
         self,
