@@ -9,12 +9,17 @@ never shares keys with Calico's NetworkPolicy.
 The value is the JSON of ``to_dict`` plus ``uid`` and ``creationTimestamp``; ``resourceVersion``
 is never stored: it is the key's mod_revision, filled in on every read, and an update must carry
 the current one (optimistic concurrency, as ``calicoctl replace``). Every resource is validated
-again, and pools are checked for overlap against the stored pools, before anything is written.
+again, and pools are checked for overlap against the stored pools, before anything is written;
+pool writes hold a leased lock key (``/routemesh/v1/locks/IPPool``) so two concurrent writers
+cannot each store a pool overlapping the other's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +45,9 @@ from bgpd.model import (
 )
 
 PREFIX = "/routemesh/v1/resources/"
+# Serializes IPPool writes (see ResourceStore._serialized); not a resource key.
+POOL_LOCK = "/routemesh/v1/locks/IPPool"
+LOCK_TTL = 15
 # Metadata the store owns: whatever a manifest says for these is replaced.
 STORE_METADATA = ("resourceVersion", "uid", "creationTimestamp")
 
@@ -209,13 +217,39 @@ class ResourceStore:
         value = json.dumps(to_dict(checked), separators=(",", ":"), default=str).encode()
         return key, value
 
+    @contextlib.asynccontextmanager
+    async def _serialized(self, resource: Resource) -> AsyncIterator[None]:
+        """Hold the pool lock while an IPPool is checked and written.
+
+        The overlap check reads every pool and then writes one; two writers doing that at once
+        could each store a pool overlapping the other's. The lock key lives outside the resource
+        prefix and on a lease, so a writer that dies mid-way frees it within LOCK_TTL.
+        """
+        if not isinstance(resource, IPPool):
+            yield
+            return
+        lease = await self.datastore.grant_lease(LOCK_TTL)
+        try:
+            delay = 0.01
+            while True:
+                try:
+                    await self.datastore.create(POOL_LOCK, b"", lease=lease)
+                    break
+                except KeyExistsError:
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(0.5, delay * 2)
+            yield
+        finally:
+            await self.datastore.revoke_lease(lease)
+
     async def create(self, resource: Resource) -> Resource:
         """Store a new resource; ResourceExistsError if one of that name exists."""
-        key, value = await self._prepare(resource, None, None)
-        try:
-            revision = await self.datastore.create(key, value)
-        except KeyExistsError:
-            raise ResourceExistsError(resource_ident(resource)) from None
+        async with self._serialized(resource):
+            key, value = await self._prepare(resource, None, None)
+            try:
+                revision = await self.datastore.create(key, value)
+            except KeyExistsError:
+                raise ResourceExistsError(resource_ident(resource)) from None
         return _decode(key, value, revision)
 
     async def update(self, resource: Resource) -> Resource:
@@ -246,18 +280,19 @@ class ResourceStore:
 
     async def _update_from(self, resource: Resource, stored: bytes, revision: int) -> Resource:
         old_meta = json.loads(stored).get("metadata", {})
-        key, value = await self._prepare(
-            resource, old_meta.get("uid"), old_meta.get("creationTimestamp")
-        )
-        try:
-            new_revision = await self.datastore.update(key, value, revision=revision)
-        except KeyNotFoundError:
-            raise ResourceNotFoundError(resource_ident(resource)) from None
-        except RevisionConflictError as exc:
-            raise ResourceConflictError(
-                resource_ident(resource),
-                f"resourceVersion {revision} is stale (current: {exc.actual})",
-            ) from None
+        async with self._serialized(resource):
+            key, value = await self._prepare(
+                resource, old_meta.get("uid"), old_meta.get("creationTimestamp")
+            )
+            try:
+                new_revision = await self.datastore.update(key, value, revision=revision)
+            except KeyNotFoundError:
+                raise ResourceNotFoundError(resource_ident(resource)) from None
+            except RevisionConflictError as exc:
+                raise ResourceConflictError(
+                    resource_ident(resource),
+                    f"resourceVersion {revision} is stale (current: {exc.actual})",
+                ) from None
         return _decode(key, value, new_revision)
 
     async def apply(self, resource: Resource) -> Resource:

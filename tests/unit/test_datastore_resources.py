@@ -147,16 +147,33 @@ async def test_list_by_kind_and_namespace(rs):
 
 async def test_overlapping_pools_are_refused_before_any_write(rs):
     await rs.create(pool("a", "10.244.0.0/16"))
-    _, before = await rs.datastore.list(PREFIX)
+    before, _ = await rs.datastore.list(PREFIX)
     for attempt in (rs.create, rs.apply):
         with pytest.raises(ResourceError) as err:
             await attempt(pool("b", "10.244.128.0/17"))
         assert "spec.cidr" in str(err.value) and "overlaps IPPool a" in str(err.value)
-    _, after = await rs.datastore.list(PREFIX)
+    after, _ = await rs.datastore.list(PREFIX)
     assert after == before
     # A pool does not overlap itself, and other families never overlap.
     await rs.apply(pool("a", "10.244.0.0/16", natOutgoing=True))
     await rs.create(pool("v6", "fd00:10:244::/48"))
+
+
+async def test_concurrent_overlapping_pool_creates_store_exactly_one(rs):
+    candidates = [
+        pool(f"p{i}", f"10.244.{i}.0/24" if i % 2 else "10.244.0.0/16") for i in range(12)
+    ]
+    results = await asyncio.gather(*(rs.create(p) for p in candidates), return_exceptions=True)
+    stored = await rs.list(IPPool)
+    winners = [r for r in results if not isinstance(r, Exception)]
+    # Every /24 sits inside the /16, so whichever pool won, any other would overlap it.
+    assert len(stored) == len(winners) == 1 or (
+        len(winners) == 6 and all(p.spec.cidr != "10.244.0.0/16" for p in stored)
+    )
+    nets = [p.spec.network for p in stored]
+    assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :])
+    assert all(isinstance(r, ResourceError) for r in results if isinstance(r, Exception))
+    assert await rs.datastore.get("/routemesh/v1/locks/IPPool") is None
 
 
 async def test_a_resource_mutated_after_validation_is_refused(rs):
