@@ -522,7 +522,13 @@ class PolicyCompiler:
                 forward_heps, "out", "thfw", catch_all=False
             )
         rs.chains.update(
-            layout.top_chains(self.workload_prefix, self.failsafes, bool(heps), bool(forward_heps))
+            layout.top_chains(
+                self.workload_prefix,
+                self.failsafes,
+                bool(heps),
+                bool(forward_heps),
+                self.version,
+            )
         )
         set_keys: dict[str, SetKey] = {}
         for compiled in included.values():

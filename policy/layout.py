@@ -13,6 +13,7 @@ from policy.endpoint import Endpoint
 from policy.ruleset import (
     ACCEPT,
     DROP,
+    ICMP,
     MARK_ACCEPT,
     MARK_MASK,
     MARK_PASS,
@@ -181,11 +182,40 @@ def dispatch(
     return tuple(rules)
 
 
+# Neighbour discovery and router solicitation: a workload that cannot do these has no IPv6.
+_NDP_TYPES = (130, 131, 132, 133, 135, 136)
+
+
+def _wl_to_host(version: int) -> tuple[Rule, ...]:
+    """Workload-to-host: DHCP/NDP first (Calico never lets policy break them), then the
+    workload's egress policy, then accept."""
+    origin = Origin("workload to host", note="always allowed")
+    if version == 4:
+        fixed = [
+            Rule((Proto(17), Ports("src", ((68, 68),)), Ports("dst", ((67, 67),))), ACCEPT, origin)
+        ]
+    else:
+        fixed = [Rule((Proto(58), ICMP(True, t)), ACCEPT, origin) for t in _NDP_TYPES]
+        fixed.append(
+            Rule(
+                (Proto(17), Ports("src", ((546, 546),)), Ports("dst", ((547, 547),))),
+                ACCEPT,
+                origin,
+            )
+        )
+    return (
+        *fixed,
+        Rule((), Jump(FROM_WL)),
+        Rule((), ACCEPT, Origin("workload to host", note="allowed by egress policy")),
+    )
+
+
 def top_chains(
     workload_prefix: str,
     failsafes: Failsafes,
     have_heps: bool,
     have_forward_heps: bool,
+    version: int = 4,
 ) -> dict[str, tuple[Rule, ...]]:
     """cali-FORWARD/INPUT/OUTPUT and their fixed helpers."""
     wl = workload_prefix + "+"
@@ -212,10 +242,7 @@ def top_chains(
         FORWARD: tuple(fwd),
         INPUT: tuple(inp),
         OUTPUT: tuple(out),
-        WL_TO_HOST: (
-            Rule((), Jump(FROM_WL)),
-            Rule((), ACCEPT, Origin("workload to host", note="allowed by egress policy")),
-        ),
+        WL_TO_HOST: _wl_to_host(version),
     }
     if have_heps:
         chains[FAILSAFE_IN] = failsafe_chain(failsafes.inbound, inbound=True)
