@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from bgpd.cli import bgp
 from bgpd.cli.main import VERBS, build_parser
+from bgpd.config import parse_config
+from bgpd.model import load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -127,3 +130,24 @@ def test_the_command_extraction_finds_commands():
     total = sum(len(commands(doc, "routemesh")) for doc in DOCS)
     assert total >= 20
     assert any(argv[:2] == ["bgp", "status"] for doc in DOCS for argv in commands(doc, "routemesh"))
+
+
+def _blocks(path: Path) -> list[tuple[str, str]]:
+    """(info string, body) of every fenced block."""
+    return re.findall(r"^\s*```(\w*)\n(.*?)^\s*```", path.read_text(), re.S | re.M)
+
+
+def test_manifests_and_bgpd_configs_shown_in_the_docs_are_valid():
+    manifests = configs = 0
+    for doc in DOCS:
+        for info, body in _blocks(doc):
+            body = textwrap.dedent(body)
+            if info == "toml" and "[global]" in body:
+                parse_config(body, f"{doc.name}")
+                configs += 1
+            # Manifests appear in heredocs inside shell blocks too.
+            for heredoc in re.findall(r"<<'(\w+)'\n(.*?)^\1$", body, re.S | re.M):
+                if "apiVersion:" in heredoc[1]:
+                    load_documents(heredoc[1], doc.name)
+                    manifests += 1
+    assert manifests >= 2 and configs >= 1
