@@ -1,7 +1,15 @@
-"""The standalone BGP daemon: one task owns every session, the received routes and what we announce.
+"""The standalone BGP daemon: one task owns every session, the RIB and what we announce.
 
-Until the RIB lands (issue "RIB, best path and route reflection"), received routes are kept per
-peer exactly as they arrived, and the configured prefixes are announced to every peer.
+Received routes go through the import checks and filters into each peer's Adj-RIB-In and the
+Loc-RIB. A single route worker decides dirty prefixes in slices, yielding to the loop between
+slices so keepalives are never starved, and hands the changes to the update groups
+(`bgpd.reflector.groups`), which diff every peer's Adj-RIB-Out and share encoded UPDATEs.
+
+FIB hook: `Daemon.route_sink(family, prefix, paths | None)` (optional) is called for every
+Loc-RIB change of a prefix with its multipath set, best first, or None when the prefix is gone.
+Calls start once initial convergence is done (`Daemon.converged` is set then), beginning with
+the whole table. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
+`Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
 """
 
 from __future__ import annotations
@@ -12,13 +20,21 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bgpd.config import Config, NeighborConfig
+from bgpd.config import Config, ConfigError, NeighborConfig, load_config
 from bgpd.control import ControlServer
+from bgpd.reflector.export import ExportPolicy, LocalView, import_loop
+from bgpd.reflector.filters import apply_filter
+from bgpd.reflector.groups import EncodeCache, Outbound, export_changes
+from bgpd.speaker import errors as E
+from bgpd.speaker import gr
 from bgpd.speaker.attributes import PathAttributes
+from bgpd.speaker.bestpath import DecisionConfig, make_decider
+from bgpd.speaker.capabilities import Negotiated
 from bgpd.speaker.events import (
     Event,
     RouteRefreshReceived,
@@ -28,23 +44,32 @@ from bgpd.speaker.events import (
     StateChanged,
     UpdateReceived,
 )
-from bgpd.speaker.fsm import Session, SessionConfig
-from bgpd.speaker.messages import encode_end_of_rib, encode_updates
+from bgpd.speaker.fsm import Session, SessionConfig, build_open
+from bgpd.speaker.messages import (
+    ROUTE_REFRESH_BORR,
+    ROUTE_REFRESH_EORR,
+    ROUTE_REFRESH_NORMAL,
+    Update,
+    encode_end_of_rib,
+)
+from bgpd.speaker.rib import AdjRibIn, AttrInterner, Destination, LocRib, Source
+from bgpd.speaker.rib import Path as RibPath
+from bgpd.speaker.ribview import route_rows
 from bgpd.speaker.transport import Listener, PeerDriver, PeerEndpoint
 from bgpd.speaker.types import (
     AFI_IPV4,
     IPV4_UNICAST,
-    IPV6_UNICAST,
-    NLRI,
     Family,
-    ip_to_str,
-    prefix_to_str,
+    Prefix,
 )
 
 log = logging.getLogger("routemesh.bgpd")
 
-AS_SEQUENCE = 2
 ORIGIN_IGP = 0
+SLICE = 2000  # prefixes decided/exported per worker step before yielding to the loop
+LOCAL_SOURCE = Source("", 0, 0, 0, False, local=True)
+
+RouteSink = Callable[[Family, Prefix, tuple[RibPath, ...] | None], None]
 
 
 @dataclass(slots=True)
@@ -53,18 +78,35 @@ class Peer:
 
     config: NeighborConfig
     driver: PeerDriver
-    rib_in: dict[Family, dict[NLRI, tuple[PathAttributes, tuple[int, ...]]]] = field(
-        default_factory=dict
-    )
-    # Received but not accepted (our own AS in the path): counted, never used.
-    rejected: dict[Family, set[NLRI]] = field(default_factory=dict)
-    advertised: dict[Family, int] = field(default_factory=dict)
+    rib_in: AdjRibIn = field(default_factory=AdjRibIn)
+    out: Outbound | None = None  # set while Established
+    source: Source | None = None
+    negotiated: Negotiated | None = None
     eor_received: set[Family] = field(default_factory=set)
     wall_established: float | None = None
+    gen: int = 0  # bumped per session, so queued work for an old session is dropped
+    stale: set[Family] = field(default_factory=set)
+    stale_timer: asyncio.TimerHandle | None = None
+    hard_reset: bool = False
+    max_prefix_warned: bool = False
+    restart_timer: asyncio.TimerHandle | None = None
 
     @property
     def session(self) -> Session:
         return self.driver.session
+
+
+@dataclass(slots=True)
+class SyncJob:
+    """A full-table send to one peer/family: initial sync or route refresh out, in slices."""
+
+    peer: Peer
+    fam: Family
+    gen: int
+    prefixes: list[Prefix]
+    pos: int = 0
+    force: bool = False
+    enhanced: bool = False
 
 
 def global_ipv6_address() -> str | None:
@@ -83,18 +125,49 @@ def global_ipv6_address() -> str | None:
 class Daemon:
     """Owns sessions and routes; every mutation happens on the event loop's one thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        route_sink: RouteSink | None = None,
+        nexthop_reachable: Callable[[Family, int], bool] | None = None,
+    ) -> None:
         self.config = config
         gl = config.global_
         self.router_id = int(ipaddress.IPv4Address(gl.router_id))
+        self.cluster_id = (
+            int(ipaddress.IPv4Address(gl.cluster_id)) if gl.cluster_id is not None else None
+        )
+        self.local = LocalView(gl.asn, self.router_id, self.cluster_id, gl.client_to_client)
         self.peers: dict[str, Peer] = {}
         self.listener = Listener(self._lookup)
         self.control: ControlServer | None = None
         self.started = time.time()
         self._stopping = asyncio.Event()
-        self._origin: dict[Family, list[NLRI]] = {}
+        self.route_sink = route_sink
+        self.decision = DecisionConfig(
+            router_id=self.router_id,
+            always_compare_med=gl.always_compare_med,
+            multipath=gl.multipath,
+        )
+        if nexthop_reachable is not None:
+            self.decision = replace(self.decision, nexthop_reachable=nexthop_reachable)
+        self.loc_rib = LocRib(make_decider(self.decision))
+        self.interner = AttrInterner()
+        self.converged = asyncio.Event()
+        # RFC 4724 restarting speaker: with GR configured we hold our updates (and the FIB's
+        # view) until every peer sent End-of-RIB or select-defer-time passed.
+        self.restarting = any(nb.graceful_restart for nb in config.neighbors)
+        self._export_enabled = not self.restarting
+        self._awaiting_eor = {nb.address for nb in config.neighbors}
+        self._sync_jobs: list[SyncJob] = []
+        self._work = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._defer_timer: asyncio.TimerHandle | None = None
+        self._converging = False
+        local_attrs = PathAttributes(origin=ORIGIN_IGP)
         for org in config.originate:
-            self._origin.setdefault(org.family, []).append((*org.prefix, 0))
+            self.loc_rib.update(org.family, org.prefix, RibPath(LOCAL_SOURCE, local_attrs, ()))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,14 +194,21 @@ class Daemon:
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_logged)
         log.info(
-            "bgpd started: AS %d router-id %s, %d neighbors, listening on %s port %d",
+            "bgpd started: AS %d router-id %s%s, %d neighbors, listening on %s port %d",
             gl.asn,
             gl.router_id,
+            f" cluster-id {gl.cluster_id}" if gl.cluster_id else "",
             len(self.peers),
             ", ".join(gl.listen_addresses) or "(nothing)",
             gl.listen_port,
         )
+        self._worker = loop.create_task(self._route_worker())
+        self._defer_timer = loop.call_later(gl.select_defer_time, self._defer_expired)
+        if not self._awaiting_eor:
+            self._converge("no neighbors")
+        self._work.set()
         for peer in self.peers.values():
             peer.driver.start()
         await self._stopping.wait()
@@ -147,6 +227,13 @@ class Daemon:
         await asyncio.sleep(0.1)
         for peer in self.peers.values():
             peer.driver.close_all()
+            for handle in (peer.stale_timer, peer.restart_timer):
+                if handle is not None:
+                    handle.cancel()
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
         await self.listener.close()
         if self.control is not None:
             await self.control.close()
@@ -166,6 +253,11 @@ class Daemon:
             connect_retry=gl.connect_retry,
             add_path=add_path,
             hostname=gl.hostname,
+            graceful_restart=nb.graceful_restart,
+            restart_time=gl.graceful_restart_time,
+            restarting=self.restarting and nb.graceful_restart,
+            # Forwarding survives our restart only when the FIB writer keeps our routes.
+            forwarding_preserved=self.config.fib.enabled and self.config.fib.persist,
         )
         endpoint = PeerEndpoint(
             address=nb.address,
@@ -183,63 +275,402 @@ class Daemon:
     def _on_event(self, driver: PeerDriver, event: Event) -> None:
         peer = self.peers[driver.endpoint.address]
         if isinstance(event, UpdateReceived):
-            self._on_update(peer, event)
+            self._on_update(peer, event.update)
         elif isinstance(event, StateChanged):
             log.info("peer %s: %s -> %s", peer.config.address, event.old.value, event.new.value)
         elif isinstance(event, SessionEstablished):
-            neg = event.negotiated
-            peer.wall_established = time.time()
-            log.info(
-                "peer %s: established (AS %d, hold %ds, families %s)",
-                peer.config.address,
-                neg.remote_asn,
-                neg.hold_time,
-                ",".join(sorted(f.name for f in neg.families)),
-            )
-            self._announce(peer, neg.families)
+            self._on_established(peer, event.negotiated)
         elif isinstance(event, SessionDown):
-            log.warning("peer %s: session down: %s", peer.config.address, event.reason)
-            peer.rib_in.clear()
-            peer.rejected.clear()
-            peer.advertised.clear()
-            peer.eor_received.clear()
-            peer.wall_established = None
+            self._on_down(peer, event)
         elif isinstance(event, RouteRefreshReceived):
-            self._announce(peer, frozenset({event.family}))
+            self._on_route_refresh(peer, event)
 
-    def _on_update(self, peer: Peer, event: UpdateReceived) -> None:
-        update = event.update
-        for diag in update.diagnostics:
-            log.warning(
-                "peer %s: malformed UPDATE handled per RFC 7606: %s", peer.config.address, diag
+    def _on_established(self, peer: Peer, neg: Negotiated) -> None:
+        nb = self.config.global_
+        peer.gen += 1
+        peer.negotiated = neg
+        peer.wall_established = time.time()
+        peer.eor_received.clear()
+        peer.hard_reset = False
+        peer.max_prefix_warned = False
+        log.info(
+            "peer %s: established (AS %d, hold %ds, families %s)",
+            peer.config.address,
+            neg.remote_asn,
+            neg.hold_time,
+            ",".join(sorted(f.name for f in neg.families)),
+        )
+        peer.source = Source(
+            key=peer.config.address,
+            address=int(ipaddress.ip_address(peer.config.address)),
+            router_id=neg.remote_router_id,
+            asn=neg.remote_asn,
+            ebgp=neg.remote_asn != nb.asn,
+            rr_client=peer.config.route_reflector_client,
+        )
+        if peer.restart_timer is not None:
+            peer.restart_timer.cancel()
+            peer.restart_timer = None
+        if peer.stale:
+            flush = gr.flush_on_return(frozenset(peer.stale), neg)
+            for fam in flush:
+                log.info("peer %s: %s forwarding not preserved, stale routes flushed",
+                         peer.config.address, fam.name)  # fmt: skip
+                self._flush_peer(peer, fam, only_stale=True)
+            peer.stale -= flush
+            if peer.stale:
+                # Keep the rest until the peer's End-of-RIB, bounded by our own timer.
+                loop = asyncio.get_running_loop()
+                peer.stale_timer = loop.call_later(
+                    nb.graceful_restart_time, self._stale_expired, peer, "End-of-RIB wait"
+                )
+        peer.out = Outbound(
+            key=peer.config.address,
+            router_id=neg.remote_router_id,
+            ctx=peer.session.context,
+            policies={},
+        )
+        if self._export_enabled:
+            for fam in sorted(neg.families):
+                self._start_sync(peer, fam)
+        self._work.set()
+
+    def _export_policy(self, peer: Peer, fam: Family) -> ExportPolicy:
+        nb = peer.config
+        assert peer.source is not None
+        nh = self._next_hop(peer, fam)
+        if nh is None:
+            log.error(
+                "peer %s: no %s next hop to announce with; set next-hop-%s",
+                nb.address,
+                fam.name,
+                "ipv4" if fam.afi == AFI_IPV4 else "ipv6",
             )
+        return ExportPolicy(
+            family=fam,
+            ebgp=peer.source.ebgp,
+            remote_asn=peer.source.asn,
+            rr_client=nb.route_reflector_client,
+            next_hop_mode=nb.next_hop,
+            self_next_hop=nh or (),
+            remove_private_as=nb.remove_private_as,
+            export_filter=nb.export_filter,
+            addpath=fam in peer.session.context.addpath_tx,
+        )
+
+    def _start_sync(
+        self, peer: Peer, fam: Family, *, force: bool = False, enhanced: bool = False
+    ) -> None:
+        if peer.out is None:
+            return
+        peer.out.policies[fam] = self._export_policy(peer, fam)
+        # Earlier unfinished jobs for the same peer/family are superseded.
+        self._sync_jobs = [j for j in self._sync_jobs if not (j.peer is peer and j.fam == fam)]
+        prefixes = list(self.loc_rib.table(fam))
+        if enhanced:
+            # RFC 7313: BoRR goes ahead of the re-sent routes on the same connection.
+            peer.session.send_route_refresh(fam, peer.driver.now(), ROUTE_REFRESH_BORR)
+        self._sync_jobs.append(
+            SyncJob(peer, fam, peer.gen, prefixes, force=force, enhanced=enhanced)
+        )
+        self._work.set()
+
+    def _on_down(self, peer: Peer, event: SessionDown) -> None:
+        log.warning("peer %s: session down: %s", peer.config.address, event.reason)
+        keep = gr.retained_families(
+            peer.config.graceful_restart, peer.negotiated, event, peer.hard_reset
+        )
+        peer.gen += 1
+        peer.out = None
+        peer.wall_established = None
+        peer.eor_received.clear()
+        if peer.stale_timer is not None:
+            peer.stale_timer.cancel()
+            peer.stale_timer = None
+        if keep:
+            neg = peer.negotiated
+            assert neg is not None and neg.remote_gr is not None
+            log.info(
+                "peer %s: graceful restart, keeping %s routes stale for %ds",
+                peer.config.address,
+                ",".join(sorted(f.name for f in keep)),
+                neg.remote_gr.restart_time,
+            )
+            for fam in list(peer.rib_in.tables):
+                if fam in keep:
+                    self._mark_stale(peer, fam)
+                else:
+                    self._flush_peer(peer, fam)
+            peer.stale |= set(keep)
+            loop = asyncio.get_running_loop()
+            peer.restart_timer = loop.call_later(
+                neg.remote_gr.restart_time, self._stale_expired, peer, "restart time"
+            )
+        else:
+            peer.stale.clear()
+            for fam in list(peer.rib_in.tables):
+                self._flush_peer(peer, fam)
+            peer.rib_in.clear()
+        peer.negotiated = None
+        self._work.set()
+
+    def _mark_stale(self, peer: Peer, fam: Family) -> None:
+        for path in peer.rib_in.table(fam).values():
+            path.stale = True
+        peer.rib_in.rejected.pop(fam, None)
+
+    def _flush_peer(self, peer: Peer, fam: Family, *, only_stale: bool = False) -> int:
+        table = peer.rib_in.table(fam)
+        gone = [k for k, p in table.items() if p.stale or not only_stale]
+        key = peer.config.address
+        for nlri in gone:
+            del table[nlri]
+            self.loc_rib.withdraw(fam, (nlri[0], nlri[1]), key, nlri[2])
+        if not only_stale:
+            peer.rib_in.rejected.pop(fam, None)
+        self._work.set()
+        return len(gone)
+
+    def _stale_expired(self, peer: Peer, why: str) -> None:
+        n = sum(self._flush_peer(peer, fam, only_stale=True) for fam in list(peer.stale))
+        log.info("peer %s: %s over, %d stale routes removed", peer.config.address, why, n)
+        peer.stale.clear()
+        peer.stale_timer = peer.restart_timer = None
+
+    # -- import ------------------------------------------------------------------------------
+
+    def _on_update(self, peer: Peer, update: Update) -> None:
+        addr = peer.config.address
+        for diag in update.diagnostics:
+            log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
+        rib_in, loc = peer.rib_in, self.loc_rib
         for fam, nlri in update.withdraw.items():
-            table = peer.rib_in.get(fam, {})
-            rejected = peer.rejected.get(fam, set())
+            table = rib_in.table(fam)
+            rejected = rib_in.rejected.get(fam)
             for key in nlri:
-                table.pop(key, None)
-                rejected.discard(key)
+                if table.pop(key, None) is not None:
+                    loc.withdraw(fam, (key[0], key[1]), addr, key[2])
+                elif rejected:
+                    rejected.discard(key)
         eor = update.end_of_rib()
         if eor is not None:
-            peer.eor_received.add(eor)
+            self._on_eor(peer, eor)
             return
         attrs = update.attrs
-        if attrs is None:
+        if attrs is None or not update.announce or peer.source is None:
+            self._work.set()
             return
-        # RFC 4271 §9.1.2: a path that already crossed our AS is a loop and is not accepted.
-        looped = self.config.global_.asn in attrs.asns()
+        src = peer.source
+        loop_reason = import_loop(attrs, self.local, src.ebgp)
+        if src.ebgp and (attrs.local_pref is not None or attrs.originator_id is not None):
+            # LOCAL_PREF and the RR attributes from another AS mean nothing here (RFC 4271
+            # §5.1.5, RFC 4456 §8).
+            attrs = replace(attrs, local_pref=None, originator_id=None, cluster_list=())
+        flt = peer.config.import_filter
+        shared: PathAttributes | None = None
+        if loop_reason is None and (flt is None or flt.prefix_independent):
+            got = apply_filter(flt, IPV4_UNICAST, (0, 0), attrs, src.ebgp)
+            shared = self.interner.intern(got) if got is not None else None
         for fam, nlri in update.announce.items():
-            table = peer.rib_in.setdefault(fam, {})
-            rejected = peer.rejected.setdefault(fam, set())
-            if looped:
-                for key in nlri:
-                    table.pop(key, None)
-                rejected.update(nlri)
-                continue
-            value = (attrs, update.next_hop.get(fam, ()))
+            table = rib_in.table(fam)
+            rejected = rib_in.rejected.setdefault(fam, set())
+            nh = update.next_hop.get(fam, ())
             for key in nlri:
-                table[key] = value
+                prefix = (key[0], key[1])
+                if loop_reason is not None:
+                    use = None
+                elif flt is None or flt.prefix_independent:
+                    use = shared
+                else:
+                    got = apply_filter(flt, fam, prefix, attrs, src.ebgp)
+                    use = self.interner.intern(got) if got is not None else None
+                if use is None:
+                    rejected.add(key)
+                    if table.pop(key, None) is not None:
+                        loc.withdraw(fam, prefix, addr, key[2])
+                    continue
                 rejected.discard(key)
+                path = RibPath(src, use, nh, key[2])
+                table[key] = path
+                loc.update(fam, prefix, path)
+        self._work.set()
+        self._check_max_prefix(peer)
+
+    def _check_max_prefix(self, peer: Peer) -> None:
+        limit = peer.config.max_prefix
+        if limit is None:
+            return
+        count = peer.rib_in.accepted_count()
+        if count <= limit:
+            return
+        nb = peer.config
+        if nb.max_prefix_action == "warn":
+            if not peer.max_prefix_warned:
+                log.warning("peer %s: %d prefixes, above max-prefix %d", nb.address, count, limit)
+                peer.max_prefix_warned = True
+            return
+        if peer.hard_reset:
+            return
+        log.error(
+            "peer %s: %d prefixes, above max-prefix %d: session torn down%s",
+            nb.address,
+            count,
+            limit,
+            f", restart in {nb.max_prefix_restart}s" if nb.max_prefix_restart else "",
+        )
+        peer.hard_reset = True
+        peer.driver.stop(subcode=E.CEASE_MAX_PREFIXES)
+        if nb.max_prefix_restart:
+            loop = asyncio.get_running_loop()
+            peer.restart_timer = loop.call_later(nb.max_prefix_restart, peer.driver.start)
+
+    def _on_eor(self, peer: Peer, fam: Family) -> None:
+        peer.eor_received.add(fam)
+        if fam in peer.stale:
+            n = self._flush_peer(peer, fam, only_stale=True)
+            peer.stale.discard(fam)
+            log.info("peer %s: End-of-RIB %s, %d stale routes removed",
+                     peer.config.address, fam.name, n)  # fmt: skip
+            if not peer.stale and peer.stale_timer is not None:
+                peer.stale_timer.cancel()
+                peer.stale_timer = None
+        neg = peer.negotiated
+        if neg is not None and neg.families <= peer.eor_received:
+            self._awaiting_eor.discard(peer.config.address)
+            if not self._awaiting_eor:
+                self._converge("End-of-RIB from every neighbor")
+        self._work.set()
+
+    def _on_route_refresh(self, peer: Peer, event: RouteRefreshReceived) -> None:
+        fam = event.family
+        if event.subtype == ROUTE_REFRESH_NORMAL:
+            neg = peer.negotiated
+            enhanced = bool(neg and neg.enhanced_route_refresh)
+            log.info("peer %s: route refresh requested for %s", peer.config.address, fam.name)
+            if self._export_enabled:
+                self._start_sync(peer, fam, force=True, enhanced=enhanced)
+        elif event.subtype == ROUTE_REFRESH_BORR:
+            # RFC 7313: everything the peer re-sends until EoRR is fresh; the rest goes then.
+            self._mark_stale(peer, fam)
+        elif event.subtype == ROUTE_REFRESH_EORR:
+            n = self._flush_peer(peer, fam, only_stale=True)
+            if n:
+                log.info("peer %s: EoRR %s, %d stale routes removed",
+                         peer.config.address, fam.name, n)  # fmt: skip
+
+    # -- convergence -------------------------------------------------------------------------
+
+    def _defer_expired(self) -> None:
+        self._defer_timer = None
+        if not self.converged.is_set():
+            self._converge(
+                f"select-defer-time over, no End-of-RIB from {', '.join(sorted(self._awaiting_eor))}"
+            )
+
+    def _converge(self, why: str) -> None:
+        if self.converged.is_set():
+            return
+        log.info("initial convergence: %s", why)
+        if self._defer_timer is not None:
+            self._defer_timer.cancel()
+            self._defer_timer = None
+        if not self._export_enabled:
+            self._export_enabled = True
+            for peer in self.peers.values():
+                self._clear_restart_bit(peer)
+                if peer.out is not None and peer.negotiated is not None:
+                    for fam in sorted(peer.negotiated.families):
+                        self._start_sync(peer, fam)
+        # The worker sets `converged` once the decisions pending now are done.
+        self._converging = True
+        self._work.set()
+
+    def _clear_restart_bit(self, peer: Peer) -> None:
+        """After our restart is over, later OPENs must not claim we are restarting."""
+        s = peer.session
+        if s.config.restarting:
+            s.config = replace(s.config, restarting=False)
+            s.local_open = build_open(s.config)
+
+    def reachability_changed(self) -> None:
+        """Re-run the decision for every prefix (next-hop reachability changed)."""
+        self.loc_rib.mark_all()
+        self._work.set()
+
+    # -- the route worker --------------------------------------------------------------------
+
+    async def _route_worker(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while True:
+                if self.loc_rib.pending():
+                    self._decide_slice()
+                elif self._converging:
+                    self._converging = False
+                    self._sink_everything()
+                    self.converged.set()
+                    continue
+                elif self._sync_jobs:
+                    self._sync_slice()
+                else:
+                    break
+                await asyncio.sleep(0)
+
+    def _decide_slice(self) -> None:
+        changes = self.loc_rib.decide(self.loc_rib.take_dirty(SLICE))
+        by_fam: dict[Family, list[tuple[Prefix, Destination | None]]] = {}
+        sink = self.route_sink if self.converged.is_set() else None
+        for fam, prefix, dest, fib_changed in changes:
+            by_fam.setdefault(fam, []).append((prefix, dest))
+            if sink is not None and fib_changed:
+                sink(fam, prefix, dest.multipath if dest is not None and dest.best else None)
+        if not self._export_enabled:
+            return
+        encoder = EncodeCache()
+        for fam, items in by_fam.items():
+            members = [p.out for p in self.peers.values() if p.out is not None]
+            self._send_all(export_changes(fam, items, members, self.local, self.interner, encoder))
+
+    def _sync_slice(self) -> None:
+        job = self._sync_jobs[0]
+        peer = job.peer
+        if peer.gen != job.gen or peer.out is None:
+            self._sync_jobs.pop(0)
+            return
+        table = self.loc_rib.table(job.fam)
+        chunk = job.prefixes[job.pos : job.pos + SLICE]
+        job.pos += len(chunk)
+        items = [(p, table.get(p)) for p in chunk]
+        self._send_all(
+            export_changes(job.fam, items, [peer.out], self.local, self.interner, force=job.force)
+        )
+        if job.pos >= len(job.prefixes):
+            self._sync_jobs.pop(0)
+            if job.enhanced:
+                peer.session.send_route_refresh(job.fam, peer.driver.now(), ROUTE_REFRESH_EORR)
+                peer.driver.pump()
+            else:
+                self._send(peer, [encode_end_of_rib(job.fam)])
+
+    def _send_all(self, batches: list[tuple[Outbound, list[bytes]]]) -> None:
+        for out, msgs in batches:
+            peer = self.peers.get(out.key)
+            if peer is not None and peer.out is out:
+                self._send(peer, msgs)
+
+    def _send(self, peer: Peer, msgs: list[bytes]) -> None:
+        peer.session.send_updates(msgs, peer.driver.now())
+        peer.driver.pump()
+
+    def _sink_everything(self) -> None:
+        sink = self.route_sink
+        if sink is None:
+            return
+        for fam in list(self.loc_rib.tables):
+            for prefix, dest in self.loc_rib.destinations(fam):
+                if dest.best is not None:
+                    sink(fam, prefix, dest.multipath)
 
     def _next_hop(self, peer: Peer, fam: Family) -> tuple[int, ...] | None:
         """Next hop self: the session's own address when it is of the family, else configured."""
@@ -259,41 +690,58 @@ class Daemon:
             return None
         return (int(ipaddress.ip_address(text)),)
 
-    def _attributes(self, peer: Peer) -> PathAttributes:
-        gl = self.config.global_
-        ebgp = peer.config.remote_asn != gl.asn
-        return PathAttributes(
-            origin=ORIGIN_IGP,
-            as_path=((AS_SEQUENCE, (gl.asn,)),) if ebgp else (),
-            local_pref=None if ebgp else 100,
-        )
+    # -- operator actions --------------------------------------------------------------------
 
-    def _announce(self, peer: Peer, families: frozenset[Family]) -> None:
-        session = peer.session
-        ctx = session.context
-        now = peer.driver.now()
-        for fam in sorted(families):
-            prefixes = self._origin.get(fam, [])
-            messages: list[bytes] = []
-            if prefixes:
-                next_hop = self._next_hop(peer, fam)
-                if next_hop is None:
-                    log.error(
-                        "peer %s: no %s next hop to announce with; set next-hop-%s",
-                        peer.config.address,
-                        fam.name,
-                        "ipv4" if fam.afi == AFI_IPV4 else "ipv6",
-                    )
-                    continue
-                nlri = prefixes
-                if fam in ctx.addpath_tx:
-                    nlri = [(a, plen, 1) for a, plen, _ in prefixes]
-                attrs = self._attributes(peer)
-                messages = encode_updates(ctx, fam, attrs, nlri, next_hop)
-            messages.append(encode_end_of_rib(fam))
-            session.send_updates(messages, now)
-            peer.advertised[fam] = len(prefixes)
-        peer.driver.pump()
+    def refresh(self, address: str, direction: str = "both") -> dict[str, Any]:
+        """`routemesh bgp refresh PEER [in|out]`: ask for routes again, or send ours again."""
+        peer = self.peers.get(address)
+        if peer is None:
+            raise ValueError(f"no neighbor {address}")
+        if direction not in ("in", "out", "both"):
+            raise ValueError("direction must be in, out or both")
+        neg = peer.negotiated
+        if neg is None or peer.out is None:
+            raise ValueError(f"neighbor {address} is not Established")
+        done: dict[str, Any] = {"peer": address}
+        fams = sorted(neg.families)
+        if direction in ("in", "both"):
+            if not neg.route_refresh:
+                raise ValueError(f"neighbor {address} did not offer route refresh")
+            now = peer.driver.now()
+            done["in"] = [f.name for f in fams if peer.session.send_route_refresh(f, now)]
+            peer.driver.pump()
+        if direction in ("out", "both"):
+            for fam in fams:
+                self._start_sync(peer, fam, force=True, enhanced=neg.enhanced_route_refresh)
+            done["out"] = [f.name for f in fams]
+        return done
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file: filters, next-hop mode and max-prefix apply at once.
+
+        Changed import filters take effect for routes received from now on; run
+        `routemesh bgp refresh PEER in` to re-evaluate what the peer already sent.
+        """
+        new = load_config(self.config.source)
+        changed = []
+        for nb in new.neighbors:
+            peer = self.peers.get(nb.address)
+            if peer is None or peer.config == nb:
+                continue
+            peer.config = nb
+            changed.append(nb.address)
+            if peer.out is not None and peer.negotiated is not None and self._export_enabled:
+                for fam in sorted(peer.negotiated.families):
+                    self._start_sync(peer, fam)
+        self.config = replace(self.config, neighbors=new.neighbors, filters=new.filters)
+        log.info("configuration reloaded: %s", ", ".join(changed) or "no neighbor changed")
+        return {"changed": changed}
+
+    def _reload_logged(self) -> None:
+        try:
+            self.reload()
+        except ConfigError as err:
+            log.error("reload failed, keeping the running configuration: %s", err)
 
     # -- control socket ----------------------------------------------------------------------
 
@@ -303,14 +751,19 @@ class Daemon:
             return self.status()
         if cmd == "routes":
             return self.routes(request.get("family"))
+        if cmd == "refresh":
+            return self.refresh(str(request.get("peer")), str(request.get("direction", "both")))
+        if cmd == "reload":
+            try:
+                return self.reload()
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         raise ValueError(f"unknown command {cmd!r}")
 
     def status(self) -> list[dict[str, Any]]:
         rows = []
         for peer in self.peers.values():
             s = peer.session
-            accepted = sum(len(t) for t in peer.rib_in.values())
-            received = accepted + sum(len(r) for r in peer.rejected.values())
             uptime = (
                 round(time.time() - peer.wall_established, 1)
                 if peer.wall_established is not None and s.state is State.ESTABLISHED
@@ -325,9 +778,9 @@ class Daemon:
                     else "external",
                     "state": s.state.value,
                     "uptime_s": uptime,
-                    "prefixes_received": received,
-                    "prefixes_accepted": accepted,
-                    "prefixes_advertised": sum(peer.advertised.values()),
+                    "prefixes_received": peer.rib_in.received_count(),
+                    "prefixes_accepted": peer.rib_in.accepted_count(),
+                    "prefixes_advertised": peer.out.rib_out.count() if peer.out else 0,
                     "last_error": s.last_error,
                     "families": sorted(
                         f.name for f in (s.negotiated.families if s.negotiated else ())
@@ -335,89 +788,15 @@ class Daemon:
                     "messages_in": dict(s.messages_in),
                     "messages_out": dict(s.messages_out),
                     "established_count": s.established_count,
+                    "route_reflector_client": peer.config.route_reflector_client,
+                    "stale": sorted(f.name for f in peer.stale),
+                    "eor_received": sorted(f.name for f in peer.eor_received),
                 }
             )
         return rows
 
     def routes(self, family: str | None = None) -> list[dict[str, Any]]:
-        fams = [IPV4_UNICAST, IPV6_UNICAST]
-        if family is not None:
-            fams = [f for f in fams if f.name == family]
-            if not fams:
-                raise ValueError(f"unknown family {family!r}")
-        out: list[dict[str, Any]] = []
-        for fam in fams:
-            # Interim best path until the RIB issue: a local route wins, then the shortest
-            # AS_PATH, then the lowest peer address. The RIB replaces this with RFC 4271 §9.1.
-            candidates: dict[tuple[int, int], list[dict[str, Any]]] = {}
-            for addr, plen, _ in self._origin.get(fam, []):
-                row = {
-                    "prefix": prefix_to_str(fam.afi, (addr, plen)),
-                    "family": fam.name,
-                    "next_hop": None,
-                    "as_path": [],
-                    "origin": "IGP",
-                    "peer": None,
-                    "best": False,
-                    "communities": [],
-                    "_rank": (0, 0, ""),
-                }
-                candidates.setdefault((addr, plen), []).append(row)
-            for peer in self.peers.values():
-                for (addr, plen, path_id), (attrs, nh) in peer.rib_in.get(fam, {}).items():
-                    row = route_row(fam, addr, plen, path_id, attrs, nh)
-                    row["peer"] = peer.config.address
-                    row["_rank"] = (1, attrs.as_path_length(), peer.config.address)
-                    candidates.setdefault((addr, plen), []).append(row)
-            for key in sorted(candidates):
-                rows = candidates[key]
-                min(rows, key=lambda r: r["_rank"])["best"] = True
-                for row in rows:
-                    del row["_rank"]
-                    out.append(row)
-        return out
-
-
-ORIGIN_NAMES = {0: "IGP", 1: "EGP", 2: "incomplete"}
-
-
-def route_row(
-    fam: Family, addr: int, plen: int, path_id: int, attrs: PathAttributes, nh: tuple[int, ...]
-) -> dict[str, Any]:
-    """One path as `routemesh bgp routes -o json` shows it."""
-    row: dict[str, Any] = {
-        "prefix": prefix_to_str(fam.afi, (addr, plen)),
-        "family": fam.name,
-        "next_hop": _next_hop_text(fam, nh),
-        "as_path": list(attrs.asns()),
-        "origin": ORIGIN_NAMES.get(attrs.origin, str(attrs.origin))
-        if attrs.origin is not None
-        else None,
-        "peer": None,
-        "best": False,
-        "communities": [f"{c >> 16}:{c & 0xFFFF}" for c in attrs.communities],
-    }
-    if path_id:
-        row["path_id"] = path_id
-    if attrs.med is not None:
-        row["med"] = attrs.med
-    if attrs.local_pref is not None:
-        row["local_pref"] = attrs.local_pref
-    if attrs.large_communities:
-        row["large_communities"] = [f"{a}:{b}:{c}" for a, b, c in attrs.large_communities]
-    if attrs.originator_id is not None:
-        row["originator_id"] = ip_to_str(attrs.originator_id, AFI_IPV4)
-    if attrs.cluster_list:
-        row["cluster_list"] = [ip_to_str(c, AFI_IPV4) for c in attrs.cluster_list]
-    return row
-
-
-def _next_hop_text(fam: Family, nh: tuple[int, ...]) -> str | None:
-    if not nh:
-        return None
-    # An IPv4 route may carry an IPv6 next hop (RFC 8950); the value's size tells which.
-    afi = AFI_IPV4 if fam == IPV4_UNICAST and nh[0] <= 0xFFFFFFFF else 2
-    return ip_to_str(nh[0], afi)
+        return route_rows(self.loc_rib, self.decision, family)
 
 
 def run_daemon(config: Config) -> int:

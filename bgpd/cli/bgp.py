@@ -1,4 +1,5 @@
-"""`routemesh bgpd` and `routemesh bgp status|routes`: run the daemon, or ask a running one."""
+"""`routemesh bgpd` and `routemesh bgp status|routes|refresh|reload`: run the daemon, or ask a
+running one."""
 
 from __future__ import annotations
 
@@ -43,10 +44,23 @@ def add_bgp_args(p: argparse.ArgumentParser) -> None:
         q.add_argument("-o", "--output", choices=("table", "json"), default="table")
         if name == "routes":
             q.add_argument("--family", choices=("ipv4-unicast", "ipv6-unicast"))
+            q.add_argument(
+                "--detail", action="store_true", help="why each best path won, LOCAL_PREF, MED"
+            )
+    q = sub.add_parser("refresh", help="route refresh: ask a peer again (in), resend ours (out)")
+    q.add_argument("peer", metavar="PEER", help="neighbor address")
+    q.add_argument("direction", nargs="?", choices=("in", "out", "both"), default="both")
+    q.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET, help="control socket")
+    q.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    q = sub.add_parser("reload", help="re-read the config file (filters, next-hop, max-prefix)")
+    q.add_argument("-s", "--socket", default=DEFAULT_CONTROL_SOCKET, help="control socket")
+    q.add_argument("-o", "--output", choices=("table", "json"), default="table")
 
 
 def run_bgp_cmd(args: argparse.Namespace) -> int:
-    extra = {"family": args.family} if getattr(args, "family", None) else {}
+    extra: dict[str, Any] = {"family": args.family} if getattr(args, "family", None) else {}
+    if args.bgp_cmd == "refresh":
+        extra = {"peer": args.peer, "direction": args.direction}
     try:
         result = request(args.socket, args.bgp_cmd, **extra)
     except ControlError as err:
@@ -56,8 +70,13 @@ def run_bgp_cmd(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     elif args.bgp_cmd == "status":
         print(format_status(result))
+    elif args.bgp_cmd == "refresh":
+        parts = [f"{d}: {', '.join(result[d]) or 'nothing'}" for d in ("in", "out") if d in result]
+        print(f"refresh {result['peer']}: " + "; ".join(parts))
+    elif args.bgp_cmd == "reload":
+        print("reloaded; changed neighbors: " + (", ".join(result["changed"]) or "none"))
     else:
-        print(format_routes(result))
+        print(format_routes(result, detail=args.detail))
     return 0
 
 
@@ -100,15 +119,32 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     return table(headers, body)
 
 
-def format_routes(rows: list[dict[str, Any]]) -> str:
-    body = [
-        [
-            ("*" if r["best"] else " ") + " " + r["prefix"],
+def _mark(r: dict[str, Any]) -> str:
+    """BIRD-like markers: * best, = other multipath member, s stale."""
+    m = "*" if r["best"] else "=" if r.get("multipath") else " "
+    return m + ("s" if r.get("stale") else " ")
+
+
+def format_routes(rows: list[dict[str, Any]], detail: bool = False) -> str:
+    headers = ["PREFIX", "NEXT HOP", "AS PATH", "FROM", "COMMUNITIES"]
+    body = []
+    for r in rows:
+        row = [
+            _mark(r) + " " + r["prefix"],
             r["next_hop"] or "self",
             " ".join(str(a) for a in r["as_path"]) or "i",
             r["peer"] or "local",
             " ".join(r.get("communities", [])),
         ]
-        for r in rows
-    ]
-    return table(["PREFIX", "NEXT HOP", "AS PATH", "FROM", "COMMUNITIES"], body)
+        if detail:
+            row += [
+                str(r.get("local_pref", "")),
+                str(r.get("med", "")),
+                r.get("originator_id", ""),
+                " ".join(r.get("cluster_list", [])),
+                r.get("reason") or "",
+            ]
+        body.append(row)
+    if detail:
+        headers += ["LOCPRF", "MED", "ORIGINATOR", "CLUSTER LIST", "REASON"]
+    return table(headers, body)

@@ -60,8 +60,9 @@ def originator(p: Path, cfg: DecisionConfig) -> int:
 
 
 def _keep_best(paths: list[Path], key: Callable[[Path], int]) -> list[Path]:
-    best = min(key(p) for p in paths)
-    return [p for p in paths if key(p) == best]
+    keys = [key(p) for p in paths]
+    best = min(keys)
+    return [p for p, k in zip(paths, keys, strict=True) if k == best]
 
 
 # --- the steps, in decision order ---------------------------------------------------------------
@@ -70,6 +71,8 @@ def _keep_best(paths: list[Path], key: Callable[[Path], int]) -> list[Path]:
 def step_nexthop(paths: list[Path], cfg: DecisionConfig) -> list[Path]:
     """§9.1.2.1: a path whose NEXT_HOP cannot be resolved is not a candidate (local always is)."""
     reach = cfg.nexthop_reachable
+    if reach is _always:
+        return paths
     return [p for p in paths if p.source.local or p.nh is None or reach(cfg.family, p.nh)]
 
 
