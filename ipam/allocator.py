@@ -159,9 +159,7 @@ class Ipam:
             for version, count in ((4, ipv4), (6, ipv6)):
                 if count:
                     pools_ = view.pools_for(version, pools)
-                    got += await self._assign_family(
-                        handle, count, full_attrs, pools_, view, record
-                    )
+                    await self._assign_family(handle, count, full_attrs, pools_, view, record, got)
         except BaseException:
             if got:
                 await self._rollback(handle, got)
@@ -178,22 +176,36 @@ class Ipam:
         pools: list[Pool],
         view: ClusterView,
         record: _HandleRecord,
-    ) -> list[Address]:
+        taken: list[Address],
+    ) -> None:
+        """Allocate ``count`` addresses of the pools' family onto ``taken`` as each block write
+        lands, so a failure part-way leaves the caller knowing everything to roll back."""
         got: list[Address] = []
+
+        async def take(cidr: Network, borrowing: bool = False) -> None:
+            new = await self._allocate_in(
+                cidr, count - len(got), handle, attrs, view, record, borrowing=borrowing
+            )
+            got.extend(new)
+            taken.extend(new)
+
         affine = await self._affine_blocks(pools)
         for cidr in affine:
             if len(got) == count:
-                return got
-            got += await self._allocate_in(cidr, count - len(got), handle, attrs, view, record)
+                return
+            await take(cidr)
         tried = set(affine)
         while len(got) < count:
-            cidr = await self._claim(pools, view, tried)
-            if cidr is None:
+            claimed = await self._claim(pools, view, tried)
+            if claimed is None:
                 break
-            tried.add(cidr)
-            got += await self._allocate_in(cidr, count - len(got), handle, attrs, view, record)
+            tried.add(claimed)
+            await take(claimed)
         if len(got) < count and not view.config.strict_affinity:
-            got += await self._borrow(count - len(got), handle, attrs, pools, view, record)
+            for cidr in await self._borrowable(pools, view):
+                if len(got) == count:
+                    break
+                await take(cidr, borrowing=True)
         if len(got) < count:
             self.stats.exhausted += 1
             family = f"IPv{pools[0].version}"
@@ -206,7 +218,6 @@ class Ipam:
             raise PoolExhaustedError(
                 f"no free {family} address for node {self.host} in {names}{why}"
             )
-        return got
 
     async def _affine_blocks(self, pools: list[Pool]) -> list[Network]:
         kvs, _rev = await self.store.list(affinity_prefix(self.host))
@@ -299,34 +310,22 @@ class Ipam:
                 return cidr
         return None
 
-    async def _borrow(
-        self,
-        count: int,
-        handle: str,
-        attrs: Mapping[str, str],
-        pools: list[Pool],
-        view: ClusterView,
-        record: _HandleRecord,
-    ) -> list[Address]:
-        blocks = [
-            b
-            for b, _ in await read_blocks(self.store)
-            if any(p.holds_block(b.cidr) for p in pools)
-            and b.free_count(view.reserved_ordinals(b.cidr)) > 0
-        ]
-        if not blocks:
+    async def _borrowable(self, pools: list[Pool], view: ClusterView) -> list[Network]:
+        """Blocks of the pools with a free address, starting at a host-dependent one so that
+        hosts that ran out at the same moment spread over what is left."""
+        cidrs = sorted(
+            (
+                b.cidr
+                for b, _ in await read_blocks(self.store)
+                if any(p.holds_block(b.cidr) for p in pools)
+                and b.free_count(view.reserved_ordinals(b.cidr)) > 0
+            ),
+            key=lambda c: int(c.network_address),
+        )
+        if not cidrs:
             return []
-        # Start at a host-dependent block so that exhausted hosts spread over what is left.
-        blocks.sort(key=lambda b: int(b.cidr.network_address))
-        start = zlib.crc32(self.host.encode()) % len(blocks)
-        got: list[Address] = []
-        for block in blocks[start:] + blocks[:start]:
-            if len(got) == count:
-                break
-            got += await self._allocate_in(
-                block.cidr, count - len(got), handle, attrs, view, record, borrowing=True
-            )
-        return got
+        start = zlib.crc32(self.host.encode()) % len(cidrs)
+        return cidrs[start:] + cidrs[:start]
 
     async def assign_ip(
         self, handle: str, ip: str, *, attrs: Mapping[str, str] | None = None

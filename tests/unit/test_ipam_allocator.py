@@ -365,3 +365,16 @@ async def test_affinity_index_lists_only_our_blocks(store):
     await Ipam(store, "node-b").assign("h2")
     kvs, _ = await store.list(affinity_prefix("node-a"))
     assert len(kvs) == 1
+
+
+async def test_exhaustion_part_way_through_one_family_rolls_back_everything(store):
+    await apply(store, pool("p", "10.244.0.0/29", 30))
+    await Ipam(store, "node-b").assign("b1")
+    ipam = Ipam(store, "node-a")
+    # 7 addresses are free across both blocks; asking for 8 takes 7 before it fails.
+    with pytest.raises(PoolExhaustedError):
+        await ipam.assign("a1", ipv4=8)
+    report = await check(store)
+    assert report.allocated == 1
+    assert await store.get(handle_key("a1")) is None
+    assert len(await ipam.assign("a2", ipv4=7)) == 7
