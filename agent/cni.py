@@ -450,6 +450,7 @@ async def _del(inv: Invocation, conf: NetConf, workloads: Workloads) -> None:
             f"{conf.name}.{inv.container_id}",
             orchestrator=orchestrator,
             ifname=inv.ifname,
+            container_id=inv.container_id,
         )
     except UnavailableError as exc:
         raise CniError(TRY_AGAIN_LATER, "datastore unavailable", str(exc)) from exc

@@ -107,16 +107,48 @@ class Workloads:
     # -- add --------------------------------------------------------------------------------
 
     async def add(self, req: WorkloadRequest) -> Attached:
-        """Addresses, plumbing, record; on failure undo what this call did, then raise."""
-        addresses = await self._addresses(req)
+        """Addresses, plumbing, record; on failure undo what this call did, then raise.
+
+        A repeated ADD for the same container (a runtime retry) reuses the addresses its
+        record holds instead of taking new ones, so it changes nothing that already works.
+        """
+        existing = await self._existing(req)
+        reuse = (
+            existing is not None
+            and existing.spec.container_id == req.container_id
+            and bool(existing.spec.ip_networks)
+        )
+        if reuse:
+            assert existing is not None and existing.spec.ip_networks is not None
+            addresses = tuple(ipaddress.ip_interface(n).ip for n in existing.spec.ip_networks)
+        else:
+            addresses = await self._addresses(req)
         spec = self.spec(req, addresses)
         try:
             plumbed = await self.dataplane.create(spec)
             endpoint = await self._record(req, plumbed)
         except BaseException:
-            await self._undo(req)
+            await self._undo(req, release=not reuse)
             raise
         return Attached(plumbed, endpoint)
+
+    async def _existing(self, req: WorkloadRequest) -> WorkloadEndpoint | None:
+        return await self._read_wep(
+            req.namespace, wep_name(self.node, req.orchestrator, req.name, req.ifname)
+        )
+
+    async def _read_wep(self, namespace: str, name: str) -> WorkloadEndpoint | None:
+        if self.store is None:
+            return None
+        kv = await self.store.get(wep_key(namespace, name))
+        if kv is None:
+            return None
+        try:
+            wep = from_dict(json.loads(kv.value), source=kv.key)
+        except (ValueError, ResourceError) as exc:
+            log.warning("%s: unreadable WorkloadEndpoint, treating as absent: %s", kv.key, exc)
+            return None
+        return wep if isinstance(wep, WorkloadEndpoint) else None
 
     async def _addresses(self, req: WorkloadRequest) -> tuple[IPAddress, ...]:
         attrs = {"namespace": req.namespace, "pod": req.name, "node": self.node}
@@ -196,13 +228,13 @@ class Workloads:
         await self.store.put(wep_key(req.namespace, name), json.dumps(to_dict(wep)).encode())
         return wep
 
-    async def _undo(self, req: WorkloadRequest) -> None:
+    async def _undo(self, req: WorkloadRequest, *, release: bool = True) -> None:
         # Best effort: the caller sees the original error, not a cleanup failure.
         try:
             await self.dataplane.delete(req.namespace, req.name)
         except Exception as exc:
             log.warning("undo %s/%s: veth: %s", req.namespace, req.name, exc)
-        if self.ipam is not None:
+        if self.ipam is not None and release:
             try:
                 await self.ipam.release_handle(req.handle)
             except Exception as exc:
@@ -218,18 +250,29 @@ class Workloads:
         *,
         orchestrator: str = "k8s",
         ifname: str = "eth0",
+        container_id: str | None = None,
     ) -> list[IPAddress]:
         """Remove veth, addresses and record; each part tolerates being gone already.
 
-        Returns the addresses IPAM released."""
-        await self.dataplane.delete(namespace, name)
+        With ``container_id``, a record that belongs to another container (the pod's new
+        sandbox, added before the old one's DEL arrived) keeps its veth and record; only
+        this container's addresses are released. Returns the addresses IPAM released.
+        """
+        name_ = wep_name(self.node, orchestrator, name, ifname)
+        current = await self._read_wep(namespace, name_)
+        superseded = (
+            current is not None
+            and container_id is not None
+            and current.spec.container_id not in (None, container_id)
+        )
+        if not superseded:
+            await self.dataplane.delete(namespace, name)
         released: list[IPAddress] = []
         if self.ipam is not None:
             released = list(await self.ipam.release_handle(handle))
-        if self.store is not None:
-            key = wep_key(namespace, wep_name(self.node, orchestrator, name, ifname))
+        if self.store is not None and not superseded:
             try:
-                await self.store.delete(key)
+                await self.store.delete(wep_key(namespace, name_))
             except KeyNotFoundError:
                 pass
         return released

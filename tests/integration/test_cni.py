@@ -413,3 +413,42 @@ async def test_parallel_adds_get_distinct_addresses(lab: Lab) -> None:
         for other in addresses:
             if other != address:
                 assert pod.ping(other.split("/")[0]), f"{address} cannot reach {other}"
+
+
+async def test_repeated_add_and_late_del_of_an_old_sandbox(lab: Lab) -> None:
+    host = make_host(lab)
+    db = lab.tmpdir("store") / "store.db"
+    await put_pool(db, "p", "10.244.0.0/16")
+    rt = Runtime(host, conflist(db))
+    conf = single(db)
+    args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"
+
+    # A runtime retries ADD for the same container: same address, nothing new allocated.
+    old = lab.netns(forwarding=False)
+    rc, first = rt.invoke("routemesh-cni", "ADD", conf, netns=old, container="old", args=args)
+    assert rc == 0, first
+    rc, again = rt.invoke("routemesh-cni", "ADD", conf, netns=old, container="old", args=args)
+    assert rc == 0 and again["ips"] == first["ips"]
+    assert again["interfaces"][1]["mac"] == first["interfaces"][1]["mac"]
+
+    # The pod gets a new sandbox before the old one's DEL arrives (kubelet may do that).
+    new = lab.netns(forwarding=False)
+    rc, second = rt.invoke("routemesh-cni", "ADD", conf, netns=new, container="new", args=args)
+    assert rc == 0, second
+    address = second["ips"][0]["address"].split("/")[0]
+    rc, out = rt.invoke(
+        "routemesh-cni", "DEL", {**conf, "prevResult": first}, netns=old, container="old",
+        args=args,
+    )  # fmt: skip
+    assert (rc, out) == (0, None)
+    # The late DEL released only the old sandbox's address; the new pod is untouched.
+    assert new.ping("198.18.0.1") and host.ping(address)
+    assert await store_keys(db, "/routemesh/v1/ipam/handles/") == [
+        "/routemesh/v1/ipam/handles/k8s-pod-network.new"
+    ]
+    store = SqliteDatastore(db)
+    try:
+        kv = await store.get(wep_key("default", "node1-k8s-web-eth0"))
+        assert kv is not None and json.loads(kv.value)["spec"]["containerID"] == "new"
+    finally:
+        await store.close()
