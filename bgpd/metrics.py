@@ -7,14 +7,17 @@ Names follow Prometheus conventions: `routemesh_` prefix, base units (seconds), 
 counters; labels are only `peer`, `family`, `type`, `state` (plus `pool` for per-pool IPAM
 gauges, whose values operators choose and keep few).
 
-Wiring a daemon (bgpd/daemon.py) takes four lines; everything runs on the event loop's thread,
+Wiring a daemon (bgpd/daemon.py) takes a few lines; everything runs on the event loop's thread,
 and `bgpd.health.HealthServer` collects on that same loop, so no locking is needed:
 
-    self.metrics = Metrics(areas=("bgp",))                    # Daemon.__init__
-    self.metrics.bgp.on_event(peer.config.address, event)      # first line of Daemon._on_event
-    self.metrics.bgp.observe_session(address, peer.session)    # before each scrape, per peer:
-    self.metrics.bgp.set_prefixes(address, fam, received, accepted, advertised)
-    # HealthServer(self.metrics, readiness, before_scrape=[self._export_metrics]).start()
+    self.metrics = Metrics(areas=("bgp",), process=True)       # Daemon.__init__
+    self.metrics.bgp.add_peer(nb.address)                       # per configured neighbor
+    self.metrics.bgp.on_event(peer.config.address, event)       # first line of Daemon._on_event
+    def _export_metrics(self):                                  # run before each scrape
+        for address, peer in self.peers.items():
+            self.metrics.bgp.observe_session(address, peer.session)
+            self.metrics.bgp.set_prefixes(address, fam, received, accepted, advertised)
+    # then start bgpd.health.HealthServer(..., before_scrape=[self._export_metrics])
 
 `on_event` takes the speaker's own events (state changes, establishment, session down with its
 NOTIFICATION and hold-timer flag, UPDATEs); `observe_session` copies the FSM's cumulative
@@ -46,11 +49,11 @@ from bgpd.speaker.events import (
     StateChanged,
     UpdateReceived,
 )
+from bgpd.speaker.fsm import MESSAGE_NAMES
 
 NAMESPACE = "routemesh"
 STATES: tuple[str, ...] = tuple(s.value for s in State)
-MESSAGE_TYPES: tuple[str, ...] = ("open", "update", "notification", "keepalive", "route_refresh")
-FAMILIES: tuple[str, ...] = ("ipv4-unicast", "ipv6-unicast")
+MESSAGE_TYPES: tuple[str, ...] = tuple(MESSAGE_NAMES.values())
 # Latency buckets for batch applies: a netlink batch takes well under a millisecond, an
 # iptables-restore of a large ruleset a second or more.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
