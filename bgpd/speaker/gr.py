@@ -19,14 +19,14 @@ def retained_families(
     """Families whose routes stay (stale) after `down`; empty means flush everything.
 
     GR applies when we offered it (`enabled`) and the peer's OPEN carried it, the session had
-    been Established, and the end was a transport loss or hold-timer expiry, or, when both
-    sides set the N bit (RFC 8538), any NOTIFICATION except Cease/Hard Reset. `hard` is for ends
+    been Established, and the end was a transport loss, or, when both sides set the N bit
+    (RFC 8538), any NOTIFICATION except Cease/Hard Reset (hold-timer expiry included). `hard` is for ends
     we chose ourselves (max-prefix, operator reset) that must never be graceful.
     """
     if not enabled or hard or neg is None or neg.remote_gr is None or not down.was_established:
         return frozenset()
     gr: GracefulRestart = neg.remote_gr
-    if down.notification is not None and not down.hold_timer_expired:
+    if down.notification is not None:
         if not gr.notification:
             return frozenset()  # RFC 4724 alone: a NOTIFICATION ends the session for good
         if down.notification == (CEASE, CEASE_HARD_RESET):
