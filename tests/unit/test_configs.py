@@ -202,35 +202,20 @@ def test_cni_conflist_plugin_config_parses():
 # -- Prometheus and Grafana ---------------------------------------------------------------------
 
 
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = require_binary("promtool")
+    return subprocess.run([binary, *args], cwd=PROM, capture_output=True, text=True, timeout=120)
+
+
 def test_promtool_check_config_and_rules():
-    promtool = require_binary("promtool")
-    res = subprocess.run(
-        [promtool, "check", "config", "prometheus.yml"],
-        cwd=PROM,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = promtool("check", "config", "prometheus.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    res = subprocess.run(
-        [promtool, "check", "rules", "routemesh-alerts.yml"],
-        cwd=PROM,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = promtool("check", "rules", "routemesh-alerts.yml")
     assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
 
 
 def test_promtool_alert_unit_tests_pass():
-    promtool = require_binary("promtool")
-    res = subprocess.run(
-        [promtool, "test", "rules", "routemesh-alerts.test.yml"],
-        cwd=PROM,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = promtool("test", "rules", "routemesh-alerts.test.yml")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
