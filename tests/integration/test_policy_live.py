@@ -415,3 +415,30 @@ def test_foreign_state_survives_remove_all(lab: Lab) -> None:
     save = host.run(["iptables-nft-save"]).stdout
     assert "cali-" not in save and "--dport 9 -j DROP" in save
     assert host.run(["ipset", "list", "-n"]).stdout.split() == ["other"]
+
+
+def test_tenant_isolation_over_ipv6(lab: Lab) -> None:
+    _require()
+    require_binary("ip6tables-nft-restore")
+    host = lab.netns()
+    pods: dict[str, tuple[Netns, str]] = {}
+    eps = []
+    for i, (name, ns) in enumerate((("a", "ami-a"), ("b", "ami-b"), ("m", "bmi"))):
+        ip, iface = f"fd00:10:244::{i + 2}", f"cali6{name}"
+        pod = lab.netns()
+        lab.veth(host, pod, (), f"{ip}/128", name_a=iface, name_b="eth0")
+        host.ip("link", "set", iface, "address", "ee:ee:ee:ee:ee:ee")
+        host.ip("-6", "route", "add", f"{ip}/128", "dev", iface)
+        pod.ip("-6", "neigh", "add", "fe80::1", "lladdr", "ee:ee:ee:ee:ee:ee", "dev", "eth0")
+        pod.ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        pods[name] = (pod, ip)
+        eps.append(Endpoint.for_pod(name, ns, iface, [ip]))
+    compiler = PolicyCompiler(6)
+    compiler.set_resources(load_documents((EXAMPLES / "tenant-isolation.yaml").read_text()))
+    compiler.set_endpoints(eps)
+    dp = PolicyDataplane(local_runner(host.name), version=6)
+    dp.apply(compiler.ruleset())
+    (a, ip_a), (b, ip_b), (m, ip_m) = pods["a"], pods["b"], pods["m"]
+    assert reachable(a, ip_b) and reachable(b, ip_a), "same org over IPv6 (NDP to the host works)"
+    assert not pings(a, ip_m) and not pings(m, ip_b)
+    assert "cali-pi-allow-within-org-ami" in host.run(["ip6tables-nft-save"]).stdout
