@@ -162,6 +162,43 @@ def _header(
     )
 
 
+# What a route's next hops pack to: (attributes after RTA_DST, scope, type, rtm_flags).
+PathBytes = tuple[bytes, int, int, int]
+
+
+def pack_paths(route: Route, ctx: RouteContext, links: Mapping[str, int]) -> PathBytes:
+    """The part of RTM_NEWROUTE that depends on the next hops only; thousands of routes share
+    one next-hop set, so a writer caches this per (version, next hops, blackhole)."""
+    version = route.version
+    body = b""
+    if ctx.metric:
+        body += RTATTR.pack(8, RTA_PRIORITY) + U32.pack(ctx.metric)
+    rtflags = 0
+    scope = RT_SCOPE_UNIVERSE
+    if route.blackhole:
+        return body, scope, RTN_BLACKHOLE, 0
+    hops = route.nexthops
+    if len(hops) == 1:
+        hop = hops[0]
+        if hop.gateway is not None:
+            body += _attr(RTA_GATEWAY, _addr_bytes(version, hop.gateway))
+        elif version == 4:
+            scope = RT_SCOPE_LINK
+        if hop.device is not None:
+            body += RTATTR.pack(8, RTA_OIF) + I32.pack(_ifindex(hop, links))
+        if hop.onlink:
+            rtflags = RTNH_F_ONLINK
+        return body, scope, RTN_UNICAST, rtflags
+    parts = []
+    for hop in hops:
+        gw = b""
+        if hop.gateway is not None:
+            gw = _attr(RTA_GATEWAY, _addr_bytes(version, hop.gateway))
+        flags = RTNH_F_ONLINK if hop.onlink else 0
+        parts.append(RTNEXTHOP.pack(8 + len(gw), flags, 0, _ifindex(hop, links)) + gw)
+    return body + _attr(RTA_MULTIPATH, b"".join(parts)), scope, RTN_UNICAST, 0
+
+
 def pack_newroute(
     route: Route,
     ctx: RouteContext,
@@ -170,52 +207,27 @@ def pack_newroute(
     *,
     replace: bool,
     ack: bool = False,
+    paths: PathBytes | None = None,
 ) -> bytes:
     """RTM_NEWROUTE for ``route``: REPLACE for a route of ours, else EXCL so that an existing
-    route of another protocol is refused (EEXIST) rather than overwritten."""
-    version = route.version
+    route of another protocol is refused (EEXIST) rather than overwritten. ``paths`` is
+    ``pack_paths(route, ctx, links)`` when the caller has it cached."""
     flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
     if ack:
         flags |= NLM_F_ACK
-    body = b""
-    if ctx.metric:
-        body += RTATTR.pack(8, RTA_PRIORITY) + U32.pack(ctx.metric)
-    rtflags = 0
-    scope = RT_SCOPE_UNIVERSE
-    if route.blackhole:
-        rtype = RTN_BLACKHOLE
-    else:
-        rtype = RTN_UNICAST
-        hops = route.nexthops
-        if len(hops) == 1:
-            hop = hops[0]
-            if hop.gateway is not None:
-                body += _attr(RTA_GATEWAY, _addr_bytes(version, hop.gateway))
-            elif version == 4:
-                scope = RT_SCOPE_LINK
-            if hop.device is not None:
-                body += RTATTR.pack(8, RTA_OIF) + I32.pack(_ifindex(hop, links))
-            if hop.onlink:
-                rtflags = RTNH_F_ONLINK
-        else:
-            parts = []
-            for hop in hops:
-                gw = b""
-                if hop.gateway is not None:
-                    gw = _attr(RTA_GATEWAY, _addr_bytes(version, hop.gateway))
-                parts.append(
-                    RTNEXTHOP.pack(
-                        8 + len(gw),
-                        RTNH_F_ONLINK if hop.onlink else 0,
-                        0,
-                        _ifindex(hop, links),
-                    )
-                    + gw
-                )
-            body += _attr(RTA_MULTIPATH, b"".join(parts))
+    body, scope, rtype, rtflags = paths or pack_paths(route, ctx, links)
     return (
         _header(
-            RTM_NEWROUTE, flags, seq, version, route.prefix, ctx, scope, rtype, rtflags, len(body)
+            RTM_NEWROUTE,
+            flags,
+            seq,
+            route.prefix[0],
+            route.prefix,
+            ctx,
+            scope,
+            rtype,
+            rtflags,
+            len(body),
         )
         + body
     )

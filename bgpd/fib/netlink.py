@@ -20,7 +20,15 @@ from typing import TypeVar
 
 from bgpd.fib import messages as m
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
-from bgpd.fib.types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Prefix, Route, RouteError
+from bgpd.fib.types import (
+    DEFAULT_PROTOCOL,
+    MAIN_TABLE,
+    KernelRoute,
+    NextHop,
+    Prefix,
+    Route,
+    RouteError,
+)
 
 T = TypeVar("T")
 
@@ -136,6 +144,8 @@ class NetlinkFib(Fib):
         self._seq = 1
         self.links: dict[str, int] = {}
         self.ifnames: dict[int, str] = {}
+        self._paths: dict[tuple[int, tuple[NextHop, ...], bool], m.PathBytes] = {}
+        self._links_stale = False
         # Counters, exported as metrics by whoever owns us.
         self.messages_sent = 0
         self.sendmsg_calls = 0
@@ -175,6 +185,7 @@ class NetlinkFib(Fib):
 
     def refresh_links(self) -> None:
         """Re-read device names and indexes (a write naming an unknown device does this)."""
+        self._paths.clear()  # packed next hops hold ifindexes
         links: dict[str, int] = {}
         seq = self._next_seq()
         for mtype, buf, start, end in self._dump_request(m.pack_link_dump(seq), seq):
@@ -228,28 +239,44 @@ class NetlinkFib(Fib):
         errors: list[RouteError] = []
         parts: list[bytes] = []
         sent: list[tuple[str, Route | None, Prefix]] = []
+        if self._links_stale:
+            self._links_stale = False
+            self.refresh_links()
         seq0 = self._next_seq(len(ops))
         last = len(ops) - 1
         refreshed = False
+        cache = self._paths
         for i, (op, route, prefix) in enumerate(ops):
             seq = seq0 + len(sent)
             try:
                 if route is None:
                     parts.append(m.pack_delroute(prefix, self.ctx, seq, ack=i == last))
                 else:
-                    try:
-                        msg = m.pack_newroute(
-                            route, self.ctx, seq, self.links, replace=op == "replace", ack=i == last
+                    key = (route.prefix[0], route.nexthops, route.blackhole)
+                    paths = cache.get(key)
+                    if paths is None:
+                        try:
+                            paths = m.pack_paths(route, self.ctx, self.links)
+                        except m.PackError:
+                            if refreshed:
+                                raise
+                            refreshed = True
+                            self.refresh_links()
+                            paths = m.pack_paths(route, self.ctx, self.links)
+                        if len(cache) >= 4096:
+                            cache.clear()
+                        cache[key] = paths
+                    parts.append(
+                        m.pack_newroute(
+                            route,
+                            self.ctx,
+                            seq,
+                            self.links,
+                            replace=op == "replace",
+                            ack=i == last,
+                            paths=paths,
                         )
-                    except m.PackError:
-                        if refreshed:
-                            raise
-                        refreshed = True
-                        self.refresh_links()
-                        msg = m.pack_newroute(
-                            route, self.ctx, seq, self.links, replace=op == "replace", ack=i == last
-                        )
-                    parts.append(msg)
+                    )
             except m.PackError as exc:
                 errors.append(RouteError(prefix, op, exc.errno, str(exc), route))
                 continue
@@ -289,6 +316,8 @@ class NetlinkFib(Fib):
                 if code and 0 <= k < len(sent):
                     op, route, prefix = sent[k]
                     errors.append(RouteError(prefix, op, code, text, route))
+                    if code == errno.ENODEV:
+                        self._links_stale = True  # a device was recreated under a new index
                 if seq == ack_seq:
                     done = True
         self.netlink_errors += len(errors)
@@ -354,6 +383,8 @@ class NetlinkFib(Fib):
             elif mtype in (m.RTM_NEWLINK, m.RTM_DELLINK):
                 index, name, up = m.parse_link(buf, start, end)
                 removed = mtype == m.RTM_DELLINK
+                if removed or self.links.get(name, index) != index:
+                    self._paths.clear()
                 if removed:
                     self.links.pop(name, None)
                     self.ifnames.pop(index, None)
