@@ -24,12 +24,17 @@ from agent.endpoint import (
     veth_name,
     workload_id,
 )
-from bgpd.datastore.base import Datastore, KeyNotFoundError
-from bgpd.model import ResourceError, WorkloadEndpoint, from_dict, to_dict
+from bgpd.datastore.base import Datastore
+from bgpd.datastore.resources import (
+    ResourceNotFoundError,
+    ResourceStore,
+    kind_prefix,
+    resource_key,
+)
+from bgpd.model import ResourceError, WorkloadEndpoint, from_dict
 
 log = logging.getLogger(__name__)
 
-RESOURCES = "/routemesh/v1/resources/"
 WEP_KIND = "WorkloadEndpoint"
 
 
@@ -42,8 +47,8 @@ class WorkloadError(Exception):
 
 
 def wep_key(namespace: str, name: str) -> str:
-    """Where WorkloadEndpoints live: the shared resource layout, namespaced."""
-    return f"{RESOURCES}{WEP_KIND}/{namespace}/{name}"
+    """Where a WorkloadEndpoint lives in the datastore (the ResourceStore's layout)."""
+    return resource_key(WorkloadEndpoint, name, namespace)
 
 
 def wep_name(node: str, orchestrator: str, workload: str, endpoint: str) -> str:
@@ -103,6 +108,8 @@ class Workloads:
         self.dataplane = dataplane
         self.ipam = ipam
         self.store = store
+        # Records go through the ResourceStore (validation, uid, resourceVersion).
+        self.resources = ResourceStore(store) if store is not None else None
 
     # -- add --------------------------------------------------------------------------------
 
@@ -138,15 +145,15 @@ class Workloads:
         )
 
     async def _read_wep(self, namespace: str, name: str) -> WorkloadEndpoint | None:
-        if self.store is None:
-            return None
-        kv = await self.store.get(wep_key(namespace, name))
-        if kv is None:
+        if self.resources is None:
             return None
         try:
-            wep = from_dict(json.loads(kv.value), source=kv.key)
+            wep = await self.resources.get(WorkloadEndpoint, name, namespace)
+        except ResourceNotFoundError:
+            return None
         except (ValueError, ResourceError) as exc:
-            log.warning("%s: unreadable WorkloadEndpoint, treating as absent: %s", kv.key, exc)
+            log.warning("%s/%s: unreadable WorkloadEndpoint, treating as absent: %s",
+                        namespace, name, exc)  # fmt: skip
             return None
         return wep if isinstance(wep, WorkloadEndpoint) else None
 
@@ -188,7 +195,7 @@ class Workloads:
         )
 
     async def _record(self, req: WorkloadRequest, plumbed: Plumbed) -> WorkloadEndpoint | None:
-        if self.store is None:
+        if self.resources is None:
             return None
         labels = {
             **req.labels,
@@ -225,8 +232,9 @@ class Workloads:
         except ResourceError as exc:
             raise WorkloadError(f"WorkloadEndpoint {req.namespace}/{name}: {exc}") from exc
         assert isinstance(wep, WorkloadEndpoint)
-        await self.store.put(wep_key(req.namespace, name), json.dumps(to_dict(wep)).encode())
-        return wep
+        stored = await self.resources.apply(wep)
+        assert isinstance(stored, WorkloadEndpoint)
+        return stored
 
     async def _undo(self, req: WorkloadRequest, *, release: bool = True) -> None:
         # Best effort: the caller sees the original error, not a cleanup failure.
@@ -270,10 +278,10 @@ class Workloads:
         released: list[IPAddress] = []
         if self.ipam is not None:
             released = list(await self.ipam.release_handle(handle))
-        if self.store is not None and not superseded:
+        if self.resources is not None and not superseded:
             try:
-                await self.store.delete(wep_key(namespace, name_))
-            except KeyNotFoundError:
+                await self.resources.delete(WorkloadEndpoint, name_, namespace)
+            except ResourceNotFoundError:
                 pass
         return released
 
@@ -286,7 +294,9 @@ class Workloads:
         """This node's WorkloadEndpoints from the store (empty without a store)."""
         if self.store is None:
             return []
-        kvs, _rev = await self.store.list(f"{RESOURCES}{WEP_KIND}/")
+        # Read key by key rather than ResourceStore.list: one broken record must not hide
+        # the others from the resync.
+        kvs, _rev = await self.store.list(kind_prefix(WorkloadEndpoint))
         out = []
         for kv in kvs:
             try:
