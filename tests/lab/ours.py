@@ -54,6 +54,7 @@ class RoutemeshSpeaker:
         listen: Sequence[str] = ("0.0.0.0", "::"),
         listen_port: int = 179,
         extra_global: dict[str, Any] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.lab, self.ns = lab, ns
         self.asn, self.router_id = asn, router_id
@@ -61,6 +62,8 @@ class RoutemeshSpeaker:
         self.originate = list(originate)
         self.listen, self.listen_port = list(listen), listen_port
         self.extra_global = extra_global or {}
+        # Raw TOML appended to the file: [[filter]] tables, [fib], ...
+        self.extra_toml = extra_toml
         self.dir = lab.tmpdir("bgpd")
         self.conf = self.dir / "bgpd.toml"
         self.sock = str(self.dir / "bgpd.sock")
@@ -99,6 +102,8 @@ class RoutemeshSpeaker:
             lines += [f"{k} = {_toml_value(v)}" for k, v in opts.items() if v is not None]
         for prefix in self.originate:
             lines += ["", "[[originate]]", f'prefix = "{prefix}"']
+        if self.extra_toml:
+            lines += ["", self.extra_toml.strip()]
         return "\n".join(lines) + "\n"
 
     def start(self) -> RoutemeshSpeaker:
@@ -127,6 +132,32 @@ class RoutemeshSpeaker:
     def kill9(self) -> None:
         if self.proc is not None:
             self.lab.kill9(self.proc)
+
+    def restart(self, *, kill: bool = False) -> RoutemeshSpeaker:
+        """Stop (SIGKILL with ``kill``, as a crash) and start again with the same config."""
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
+        Path(self.sock).unlink(missing_ok=True)
+        return self.start()
+
+    def reload(self, extra_toml: str | None = None) -> dict[str, Any]:
+        """Rewrite the config (optionally with new extra TOML) and `routemesh bgp reload`."""
+        if extra_toml is not None:
+            self.extra_toml = extra_toml
+        self.conf.write_text(self.config_text())
+        return json.loads(self.cli("reload", "-o", "json").stdout)
+
+    def refresh(self, peer: str, direction: str = "both") -> dict[str, Any]:
+        return json.loads(self.cli("refresh", peer, direction, "-o", "json").stdout)
+
+    def best(self, prefix: str) -> dict[str, Any] | None:
+        """The best path row of ``prefix`` from `routes -o json`, or None."""
+        for row in self.routes():
+            if row["prefix"] == prefix and row["best"]:
+                return row
+        return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

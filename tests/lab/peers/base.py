@@ -19,6 +19,8 @@ from tests.lab.waiting import wait_for
 
 Family = Literal["ipv4", "ipv6"]
 Route = tuple[str, str]  # (prefix, next hop), both in Python's compressed text form
+# How a peer sees one path of a prefix: (next hop, ORIGINATOR_ID or None, CLUSTER_LIST).
+RRView = tuple[str, str | None, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ class Neighbor:
     """One configured BGP session, as seen from the peer that owns it.
 
     ``local_address`` is the session's source address; by default the peer's own address of
-    the neighbor's family. ``graceful_restart`` is honoured by BirdPeer only.
+    the neighbor's family. ``graceful_restart`` is honoured by BirdPeer only; ``add_paths``
+    (receive every path, RFC 7911) by BirdPeer and GobgpPeer.
     """
 
     address: str
@@ -37,6 +40,7 @@ class Neighbor:
     families: tuple[Family, ...] = ("ipv4", "ipv6")
     graceful_restart: bool = False
     local_address: str | None = None
+    add_paths: bool = False
 
     @property
     def version(self) -> int:
@@ -254,6 +258,10 @@ class Peer(abc.ABC):
                 gone[p] = self.announced.pop(p)
         if self.running and gone:
             self._apply_withdraw(gone)
+
+    def rr_view(self, prefix: str) -> set[RRView]:
+        """Every learned path of ``prefix`` as (next hop, ORIGINATOR_ID, CLUSTER_LIST)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read RR attributes")
 
     @abc.abstractmethod
     def _apply_announce(self, routes: dict[str, str]) -> None: ...

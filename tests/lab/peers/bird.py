@@ -7,7 +7,16 @@ import re
 from typing import Any
 
 from tests.lab.netns import LabError, Netns
-from tests.lab.peers.base import Family, Neighbor, Peer, Route, norm_addr, norm_prefix
+from tests.lab.peers.base import (
+    Family,
+    Neighbor,
+    Peer,
+    Route,
+    RRView,
+    family_of,
+    norm_addr,
+    norm_prefix,
+)
 from tests.lab.waiting import wait_for
 
 
@@ -69,6 +78,10 @@ class BirdPeer(Peer):
         ]
         if nb.passive:
             out.append("  passive on;")
+        if nb.remote_asn == self.asn:
+            # Lab iBGP peers share a segment. As multihop, BIRD would resolve a reflected next
+            # hop recursively in a table that has no device routes, and hide the route.
+            out.append("  direct;")
         if nb.password:
             out.append(f'  password "{nb.password}";')
         if nb.graceful_restart:
@@ -80,6 +93,8 @@ class BirdPeer(Peer):
                 # Over the other family's transport the session address cannot be the next
                 # hop; BIRD refuses to start the channel unless we name one.
                 body.append(f"next hop address {self.next_hop_for(fam)};")
+            if nb.add_paths:
+                body.append("add paths rx;")
             out.append(f"  {fam} {{ {' '.join(body)} }};")
         out.append("}")
         return out
@@ -123,6 +138,11 @@ class BirdPeer(Peer):
         out = self.birdc("show", "route", "table", table, "where", "source", "=", "RTS_BGP", "all")
         return _parse_bird_routes(out)
 
+    def rr_view(self, prefix: str) -> set[RRView]:
+        table = "master4" if family_of(prefix) == "ipv4" else "master6"
+        out = self.birdc("show", "route", prefix, "table", table, "all")
+        return _parse_bird_rr(out)
+
     def _reconfigure(self) -> None:
         self.conf.write_text(self.config_text())
         out = self.birdc("configure")
@@ -157,3 +177,35 @@ def _parse_bird_routes(out: str) -> set[Route]:
         if m:
             routes.add((net, norm_addr(m.group(1).split("%", 1)[0])))
     return routes
+
+
+def _parse_bird_rr(out: str) -> set[RRView]:
+    """(next hop, originator, cluster list) per BGP path in ``show route <net> all``."""
+    views: set[RRView] = set()
+    cur: dict[str, object] | None = None
+
+    def flush() -> None:
+        if cur is not None and cur.get("nh") and cur.get("bgp"):
+            views.add((cur["nh"], cur.get("orig"), tuple(cur.get("cl", ()))))  # type: ignore[arg-type]
+
+    for line in out.splitlines():
+        s = line.strip()
+        # Each path starts on a line of its own ("<net> unicast [..." or indented "unicast [...");
+        # its details follow on tab-indented lines.
+        if not line.startswith("\t") and "[" in s:
+            flush()
+            cur = {}
+            continue
+        if cur is None:
+            continue
+        m = _BIRD_VIA_RE.match(line)
+        if m:
+            cur["nh"] = norm_addr(m.group(1).split("%", 1)[0])
+        elif s.startswith("BGP.origin:"):
+            cur["bgp"] = True
+        elif s.startswith("BGP.originator_id:"):
+            cur["orig"] = norm_addr(s.split(":", 1)[1].strip())
+        elif s.startswith("BGP.cluster_list:"):
+            cur["cl"] = [norm_addr(x) for x in s.split(":", 1)[1].split()]
+    flush()
+    return views

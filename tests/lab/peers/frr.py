@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.netns import LabError, Netns
-from tests.lab.peers.base import Family, Peer, Route, family_of, norm_addr, norm_prefix
+from tests.lab.peers.base import Family, Peer, Route, RRView, family_of, norm_addr, norm_prefix
 from tests.lab.require import find_binary
 from tests.lab.waiting import wait_for
 
@@ -148,6 +148,25 @@ class FrrPeer(Peer):
                         continue  # skip the IPv6 link-local copy of the next hop
                     routes.add((norm_prefix(prefix), norm_addr(nh["ip"])))
         return routes
+
+    def rr_view(self, prefix: str) -> set[RRView]:
+        out = self.vtysh(f"show bgp {family_of(prefix)} unicast {prefix} json", check=False)
+        try:
+            data = json.loads(out or "{}") or {}
+        except json.JSONDecodeError:
+            return set()
+        views: set[RRView] = set()
+        for path in data.get("paths") or []:
+            if (path.get("peer") or {}).get("peerId") in (None, "(unspec)"):
+                continue
+            orig = path.get("originatorId")
+            clusters = tuple(
+                norm_addr(c) for c in ((path.get("clusterList") or {}).get("list") or ())
+            )
+            for nh in path.get("nexthops", []):
+                if nh.get("scope", "global") == "global":
+                    views.add((norm_addr(nh["ip"]), norm_addr(orig) if orig else None, clusters))
+        return views
 
     def _af_commands(self, routes: dict[str, str], verb: str) -> None:
         cmds = ["configure terminal", f"router bgp {self.asn}"]

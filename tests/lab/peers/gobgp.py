@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from tests.lab.netns import Netns
-from tests.lab.peers.base import Family, Peer, Route, family_of, norm_addr, norm_prefix
+from tests.lab.peers.base import Family, Peer, Route, RRView, family_of, norm_addr, norm_prefix
 from tests.lab.waiting import wait_for
 
 _port_counter = itertools.count(50051)
@@ -66,6 +66,11 @@ class GobgpPeer(Peer):
                     "    [neighbors.afi-safis.config]",
                     f'      afi-safi-name = "{fam}-unicast"',
                 ]
+                if nb.add_paths:
+                    lines += [
+                        "    [neighbors.afi-safis.add-paths.config]",
+                        "      receive = true",
+                    ]
         return "\n".join(lines) + "\n"
 
     def gobgp(self, *args: str, check: bool = True) -> str:
@@ -131,6 +136,28 @@ class GobgpPeer(Peer):
                 if nh:
                     routes.add((norm_prefix(prefix), norm_addr(nh)))
         return routes
+
+    def rr_view(self, prefix: str) -> set[RRView]:
+        out = self.gobgp("global", "rib", "-a", family_of(prefix), prefix, "-j", check=False)
+        try:
+            data = json.loads(out or "{}") or {}
+        except json.JSONDecodeError:
+            return set()
+        views: set[RRView] = set()
+        for paths in data.values():
+            for path in paths:
+                if path.get("neighbor-ip") in (None, "", "<nil>"):
+                    continue
+                orig, clusters = None, ()
+                for attr in path.get("attrs", []):
+                    if attr.get("type") == 9:
+                        orig = norm_addr(attr["value"])
+                    elif attr.get("type") == 10:
+                        clusters = tuple(norm_addr(c) for c in attr.get("value") or ())
+                nh = _gobgp_next_hop(path)
+                if nh:
+                    views.add((norm_addr(nh), orig, clusters))
+        return views
 
     def _apply_announce(self, routes: dict[str, str]) -> None:
         for prefix, nh in routes.items():
