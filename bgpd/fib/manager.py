@@ -32,7 +32,13 @@ _RECHECK = object()  # queued by repairs: re-derive the prefix from desired vs i
 
 
 class FibManager:
-    """Owns desired vs installed routes for one Fib; see the module docstring."""
+    """Owns desired vs installed routes for one Fib; see the module docstring.
+
+    ``persist`` keeps our routes in the kernel on stop; ``scan_time`` is the period of the
+    full resync (after convergence); ``slice_size`` bounds the routes written per loop turn;
+    ``resolve`` turns next-hop resolution on; ``watch`` listens to the route monitor;
+    ``on_error`` sees every refused route.
+    """
 
     def __init__(
         self,
@@ -109,6 +115,11 @@ class FibManager:
             self._order.append(prefix)
         self._pending[prefix] = value
         self._kick()
+
+    def reachable(self, version: int, gateway: int) -> bool:
+        """Whether ``gateway`` resolves through the kernel's other routes now (for the RIB's
+        next-hop check; ``on_reachability`` reports changes)."""
+        return self.resolver is None or self.resolver.resolve(version, gateway) is not None
 
     def converged(self) -> None:
         """The RIB is complete (End-of-RIB from all peers, or the GR timer): prune stale routes."""
@@ -496,3 +507,33 @@ class FibManager:
         if prefix not in self._pending:
             self._queue(prefix, _RECHECK)
             self._repairing.add(prefix)
+
+
+def manager_from_config(
+    section: object,
+    *,
+    metric: int = 0,
+    netns: str | None = None,
+    on_reachability: ReachabilityCallback | None = None,
+    on_error: Callable[[RouteError], None] | None = None,
+) -> FibManager | None:
+    """A FibManager over the kernel for a `[fib]` section (anything with ``enabled``,
+    ``table``, ``protocol``, ``persist``, ``scan_time``), or None when it is disabled.
+    Call ``await start()``, feed ``update``/``withdraw``, ``converged()``, ``await stop()``."""
+    if not section.enabled:  # type: ignore[attr-defined]
+        return None
+    from bgpd.fib.netlink import NetlinkFib
+
+    fib = NetlinkFib(
+        section.protocol,  # type: ignore[attr-defined]
+        section.table,  # type: ignore[attr-defined]
+        metric,
+        netns=netns,
+    )
+    return FibManager(
+        fib,
+        persist=section.persist,  # type: ignore[attr-defined]
+        scan_time=float(section.scan_time),  # type: ignore[attr-defined]
+        on_reachability=on_reachability,
+        on_error=on_error,
+    )

@@ -124,6 +124,11 @@ class Route:
     def version(self) -> int:
         return self.prefix[0]
 
+    @classmethod
+    def via(cls, prefix: Prefix, gateways: tuple[int, ...] | list[int]) -> Route:
+        """A route through plain gateway addresses (a RIB multipath set's next hops)."""
+        return cls(prefix, tuple(NextHop(g) for g in gateways))
+
     def __str__(self) -> str:
         if self.blackhole:
             return f"blackhole {prefix_str(self.prefix)}"

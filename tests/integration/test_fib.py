@@ -362,3 +362,30 @@ async def test_ipip_route_via_tunl0_onlink_live_where_the_kernel_has_ipip(lab):
     seen = kernel(ns, 4)["10.244.2.0/26"]
     assert seen["dev"] == "tunl0" and "onlink" in seen.get("flags", [])
     await mgr.stop()
+
+
+async def test_manager_from_the_fib_config_section_and_writer_reconcile(lab):
+    from bgpd.config import FibSection
+    from bgpd.fib import manager_from_config
+
+    ns = host(lab)
+    assert manager_from_config(FibSection(enabled=False)) is None
+    mgr = manager_from_config(
+        FibSection(table=254, protocol=81, persist=False, scan_time=5), netns=ns.name
+    )
+    await mgr.start()
+    assert mgr.reachable(4, gw("198.18.0.77")) and not mgr.reachable(4, gw("198.19.0.1"))
+    mgr.update(route("10.244.1.0/26", "198.18.0.2"))
+    await mgr.settle()
+    assert "10.244.1.0/26" in kernel(ns, 4, proto=81)
+    await mgr.stop()
+    assert kernel(ns, 4, proto=81) == {}, "persist = false removes our routes on stop"
+
+    fib = NetlinkFib(PROTO, netns=ns.name)
+    ns.ip("route", "add", "10.244.9.0/26", "via", "198.18.0.9", "proto", str(PROTO))
+    report = await fib.reconcile(
+        {route("10.244.2.0/26", "198.18.0.2").prefix: route("10.244.2.0/26", "198.18.0.2")}
+    )
+    assert (report.added, report.deleted, report.errors) == (1, 1, [])
+    assert set(kernel(ns, 4)) == {"10.244.2.0/26"}
+    fib.close()

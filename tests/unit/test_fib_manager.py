@@ -277,3 +277,56 @@ def test_same_route_ignores_the_device_the_kernel_fills_in():
     onlink = Route(want.prefix, (NextHop(gw("10.244.2.0"), "vxlan.calico", True),))
     assert not same_route(onlink, Route(want.prefix, (NextHop(gw("10.244.2.0"), "eth0", True),)))
     assert not same_route(r("10.244.1.0/26", blackhole=True), want)
+
+
+async def test_fib_reconcile_reports_what_it_did():
+    fake = FakeFib()
+    await fake.apply([r("10.244.1.0/26", "198.18.0.9"), r("10.244.9.0/26", "198.18.0.9")], [])
+    fake.external_add(r("10.244.7.0/26", "198.18.0.7"), protocol=STATIC)
+    want = {
+        x.prefix: x
+        for x in (
+            r("10.244.1.0/26", "198.18.0.2"),
+            r("10.244.2.0/26", "198.18.0.2"),
+            r("10.244.7.0/26", "198.18.0.2"),
+        )
+    }
+    report = await fake.reconcile(want)
+    assert (report.added, report.replaced, report.deleted) == (2, 1, 1)
+    assert [c.prefix for c in report.conflicts] == [parse_prefix("10.244.7.0/26")]
+    assert [(e.prefix, e.errno) for e in report.errors] == [
+        (parse_prefix("10.244.7.0/26"), errno.EEXIST)
+    ]
+    assert set(fake.ours_in_kernel()) == {
+        parse_prefix("10.244.1.0/26"),
+        parse_prefix("10.244.2.0/26"),
+    }
+    again = await fake.reconcile(
+        {k: v for k, v in want.items() if k != parse_prefix("10.244.7.0/26")}
+    )
+    assert again.repairs == 0 and again.errors == []
+
+
+def test_route_orders_its_next_hops_and_rejects_bad_input():
+    a, b = NextHop(gw("198.18.0.3")), NextHop(gw("198.18.0.2"))
+    assert Route(parse_prefix("10.244.1.0/26"), (a, b)) == Route(
+        parse_prefix("10.244.1.0/26"), (b, a, b)
+    )
+    assert Route.via(
+        parse_prefix("10.244.1.0/26"), [gw("198.18.0.3"), gw("198.18.0.2")]
+    ).nexthops == (b, a)
+    for bad, why in (
+        (lambda: Route((4, 0x0AF40001, 26), (a,)), "host bits"),
+        (lambda: Route((4, 0, 33), (a,)), "length 33"),
+        (lambda: Route(parse_prefix("10.244.1.0/26")), "needs a next hop"),
+        (lambda: Route(parse_prefix("10.244.1.0/26"), (a,), blackhole=True), "blackhole"),
+        (lambda: NextHop(None), "gateway or a device"),
+        (lambda: NextHop(1, None, onlink=True), "onlink"),
+        (lambda: NextHop(None, "x" * 16), "1..15"),
+    ):
+        try:
+            bad()
+        except ValueError as exc:
+            assert why in str(exc)
+        else:
+            raise AssertionError(f"accepted: {why}")
