@@ -9,6 +9,8 @@ the log and keep reporting a status condition, so the node can fall back instead
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -24,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, VXLAN_V6_OVERHEAD
 from agent.netlink import collect, link_by_name, link_kind, rtnl
-from bgpd.datastore.base import Datastore
+from bgpd.datastore.base import CompactedError, Datastore, DatastoreError
 from bgpd.model import Node, ResourceError, from_dict
 
 log = logging.getLogger(__name__)
@@ -108,11 +110,20 @@ class Tunnels:
     def __init__(self, *, netns: str | None = None) -> None:
         self.netns = netns
         self.ipip_condition: TunnelCondition | None = None
+        self.vxlan_condition: TunnelCondition | None = None
 
     # -- VXLAN device ----------------------------------------------------------------------
 
+    def conditions(self) -> list[TunnelCondition]:
+        """The latest condition of each tunnel kind we were asked about, for node status."""
+        return [c for c in (self.vxlan_condition, self.ipip_condition) if c is not None]
+
     async def ensure_vxlan(self, cfg: VxlanConfig) -> TunnelCondition:
         """Create or repair the VXLAN device; recreate it when an immutable part changed."""
+        self.vxlan_condition = await self._ensure_vxlan(cfg)
+        return self.vxlan_condition
+
+    async def _ensure_vxlan(self, cfg: VxlanConfig) -> TunnelCondition:
         async with rtnl(self.netns) as ipr:
             link = await link_by_name(ipr, cfg.name)
             parent_index = None
@@ -410,3 +421,49 @@ async def vtep_address(ipam: Any, node: str, current: str | None) -> IPAddress:
 async def resync_vteps(tunnels: Tunnels, store: Datastore, local_node: str) -> VtepReport:
     """One full resync: desired VTEPs from the Nodes in the store, reconciled into the kernel."""
     return await tunnels.reconcile_vteps(vteps_from_nodes(await read_nodes(store), local_node))
+
+
+async def run_vtep_resync(
+    tunnels: Tunnels,
+    store: Datastore,
+    local_node: str,
+    *,
+    interval: float,
+    stop: asyncio.Event,
+) -> None:
+    """Keep the VTEP entries current: a resync at start, at once after any Node change seen
+    on the watch, and every ``interval`` seconds as the safety net, until ``stop`` is set."""
+    wake = asyncio.Event()
+
+    async def watch_nodes() -> None:
+        while not stop.is_set():
+            try:
+                _kvs, revision = await store.list(NODE_PREFIX)
+                async for _event in store.watch(NODE_PREFIX, start_revision=revision + 1):
+                    wake.set()
+            except CompactedError:
+                wake.set()  # history gone: the next full resync covers it; watch again
+            except DatastoreError as exc:
+                log.warning("Node watch failed (%s); relying on the periodic resync", exc)
+                await asyncio.sleep(min(interval, 5.0))
+
+    watcher = asyncio.create_task(watch_nodes())
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                report = await resync_vteps(tunnels, store, local_node)
+                if report.added or report.removed:
+                    log.info("VTEP resync: added %s, removed %s", report.added, report.removed)
+            except (LookupError, DatastoreError, NetlinkError, OSError) as exc:
+                log.warning("VTEP resync failed: %s", exc)
+            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+            _done, pending = await asyncio.wait(
+                waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

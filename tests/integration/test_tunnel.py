@@ -3,6 +3,7 @@ and neighbour reconcile, recreation on a VNI change, MTU detection, and the IPIP
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -18,6 +19,7 @@ from agent.tunnels import (
     Vtep,
     VxlanConfig,
     resync_vteps,
+    run_vtep_resync,
     tunnel_mtu,
     vtep_mac,
 )
@@ -160,6 +162,7 @@ async def test_vxlan_repaired_in_place_or_recreated(lab: Lab) -> None:
     bad = VxlanConfig(cfg.local_ip, cfg.tunnel_ip, cfg.mac, 1450, "nosuchdev0")
     cond = await tunnels.ensure_vxlan(bad)
     assert (cond.status, cond.reason) == (False, "ParentMissing")
+    assert tunnels.conditions() == [cond]
     assert await tunnels.remove_vxlan() is True and await tunnels.remove_vxlan() is False
 
 
@@ -222,3 +225,42 @@ async def test_vteps_follow_the_nodes_in_the_datastore(lab: Lab) -> None:
     assert len(report.removed) == 2 and all("10.244.2.0" in r or vtep_mac("node-c") in r
                                             for r in report.removed)  # fmt: skip
     assert a.ping("10.244.1.0")
+
+
+async def test_vtep_resync_loop_follows_node_changes(lab: Lab) -> None:
+    require_link_kind("vxlan")
+    a, _b, _uplinks = two_hosts(lab)
+    store = MemoryDatastore()
+    tunnels = Tunnels(netns=a.name)
+    cfg = VxlanConfig(ip("198.18.0.1"), ip("10.244.0.0"), vtep_mac("node-a"), 1450)
+    assert (await tunnels.ensure_vxlan(cfg)).status
+
+    async def put_node(name: str, underlay: str, tunnel: str) -> None:
+        doc = {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
+               "spec": {"bgp": {"ipv4Address": f"{underlay}/24"}, "ipv4VXLANTunnelAddr": tunnel}}  # fmt: skip
+        await store.put(NODE_PREFIX + name, json.dumps(to_dict(from_dict(doc))).encode())
+
+    async def eventually(probe, what: str) -> None:
+        for _ in range(100):
+            if probe():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def neigh() -> str:
+        return a.ip("neigh", "show", "dev", VXLAN_NAME).stdout
+
+    await put_node("node-b", "198.18.0.2", "10.244.1.0")
+    stop = asyncio.Event()
+    # A long interval: only the watch can make the later changes show up in time.
+    task = asyncio.create_task(run_vtep_resync(tunnels, store, "node-a", interval=3600, stop=stop))
+    try:
+        await eventually(lambda: "10.244.1.0" in neigh(), "the start-up resync")
+        await put_node("node-c", "198.18.0.3", "10.244.2.0")
+        await eventually(lambda: "10.244.2.0" in neigh(), "node-c's entry after the watch event")
+        await store.delete(NODE_PREFIX + "node-b")
+        await eventually(lambda: "10.244.1.0" not in neigh(), "node-b's entry to go")
+        assert "10.244.2.0" in neigh()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
