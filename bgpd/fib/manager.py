@@ -37,7 +37,8 @@ class FibManager:
     ``persist`` keeps our routes in the kernel on stop; ``scan_time`` is the period of the
     full resync (after convergence); ``slice_size`` bounds the routes written per loop turn;
     ``resolve`` turns next-hop resolution on; ``watch`` listens to the route monitor;
-    ``on_error`` sees every refused route.
+    ``on_error`` sees every refused route; ``on_batch`` gets each write's seconds (for a
+    histogram). Counters are plain attributes, for bgpd/metrics.py to export.
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class FibManager:
         watch: bool = True,
         on_reachability: ReachabilityCallback | None = None,
         on_error: Callable[[RouteError], None] | None = None,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.fib = fib
+        self.on_batch = on_batch
         self.persist = persist
         self.scan_time = scan_time
         self.slice_size = slice_size
@@ -85,6 +88,8 @@ class FibManager:
         # Counters, for metrics.
         self.netlink_errors = 0
         self.reconcile_repairs = 0
+        self.repairs_by_type = {"added": 0, "removed": 0, "replaced": 0}
+        self.last_sync_time: float | None = None  # wall clock of the last full resync
         self.resyncs = 0
         self.apply_batches = 0
         self.apply_seconds_total = 0.0
@@ -101,6 +106,18 @@ class FibManager:
     @property
     def is_converged(self) -> bool:
         return self._converged
+
+    @property
+    def in_sync(self) -> bool:
+        """Converged, and nothing queued or known to need repair."""
+        return self._converged and not self._has_work() and not self._repairing
+
+    def routes_by_family(self) -> dict[int, int]:
+        """Routes of ours installed, by IP version."""
+        counts = {4: 0, 6: 0}
+        for prefix in self.installed:
+            counts[prefix[0]] += 1
+        return counts
 
     def update(self, route: Route) -> None:
         """Want ``route`` in the kernel (replacing any other route of ours at its prefix)."""
@@ -263,8 +280,10 @@ class FibManager:
             await self._write(writes, deletes)
 
     async def _write(
-        self, writes: list[Route], deletes: list[Prefix], *, count_repairs: bool = True
+        self, writes: list[Route], deletes: list[Prefix], *, resync: bool = False
     ) -> list[RouteError]:
+        """Apply one slice and account for it; everything a resync writes is a repair, and
+        so is a write the monitor asked for."""
         started = time.perf_counter()
         # Echoes of these writes may arrive before apply() returns; they are not news.
         self._inflight = {r.prefix for r in writes} | set(deletes)
@@ -276,19 +295,32 @@ class FibManager:
         self.apply_batches += 1
         self.apply_seconds_total += elapsed
         self.last_apply_seconds = elapsed
+        if self.on_batch is not None:
+            self.on_batch(elapsed)
         failed = {e.prefix for e in errors}
+        repairing = self._repairing
         for route in writes:
-            if route.prefix not in failed:
-                self.installed[route.prefix] = route
+            prefix = route.prefix
+            if prefix in failed:
+                continue
+            if resync or prefix in repairing:
+                self._repaired("replaced" if prefix in self.installed else "added")
+            self.installed[prefix] = route
         for prefix in deletes:
-            if prefix not in failed:
-                self.installed.pop(prefix, None)
-        repaired = self._repairing & ({r.prefix for r in writes} | set(deletes))
-        if count_repairs:
-            self.reconcile_repairs += len(repaired - failed)
-        self._repairing -= repaired
+            if prefix in failed:
+                continue
+            if resync or prefix in repairing:
+                self._repaired("removed")
+            self.installed.pop(prefix, None)
+        if repairing:
+            repairing.difference_update(r.prefix for r in writes)
+            repairing.difference_update(deletes)
         self._count_errors(errors)
         return errors
+
+    def _repaired(self, kind: str) -> None:
+        self.reconcile_repairs += 1
+        self.repairs_by_type[kind] += 1
 
     def _count_errors(self, errors: Iterable[RouteError]) -> None:
         for e in errors:
@@ -338,10 +370,11 @@ class FibManager:
             await self._write(
                 p.writes[i : i + self.slice_size],
                 p.deletes[i : i + self.slice_size],
-                count_repairs=False,
+                resync=True,
             )
             await asyncio.sleep(0)
-        self.reconcile_repairs += repairs
+        if self._converged:
+            self.last_sync_time = time.time()
         if self._converged and self.scan_time > 0:
             self._next_scan = loop.time() + self.scan_time
         if repairs:

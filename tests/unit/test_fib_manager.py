@@ -60,6 +60,8 @@ async def test_stale_routes_stay_until_converged_then_only_ours_are_pruned():
     await mgr.settle()
     ours = fake.ours_in_kernel()
     assert set(ours) == {keep.prefix, parse_prefix("10.244.2.0/26")}
+    assert mgr.repairs_by_type["removed"] == 1 and mgr.last_sync_time is not None
+    assert mgr.routes_by_family() == {4: 2, 6: 0}
     static = fake.tables[254][parse_prefix("10.244.7.0/26")]
     assert [(k.protocol, k.route) for k in static] == [(STATIC, r("10.244.7.0/26", "198.18.0.7"))]
     conflict = mgr.conflicts[parse_prefix("10.244.7.0/26")]
@@ -152,6 +154,8 @@ async def test_monitor_event_repairs_a_deleted_route_and_ignores_echoes():
     assert parse_prefix("10.244.1.0/26") in fake.ours_in_kernel()
     assert fake.messages == written + 1
     assert mgr.reconcile_repairs == 1
+    assert mgr.repairs_by_type == {"added": 1, "removed": 0, "replaced": 0}
+    assert mgr.in_sync
     await mgr.stop()
 
 
