@@ -1,6 +1,6 @@
 """iptables text for our chains: renders `policy.ruleset` rules to `iptables-restore` lines
-tagged with a content hash, reads our chains back from `iptables-save`, and builds the
-`--noflush` batch that rewrites only the chains whose hashes changed."""
+tagged with a content hash, reads our chains back from `iptables-save` per table (filter, raw,
+mangle), and builds the `--noflush` batch that rewrites only the chains whose hashes changed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from policy.layout import HOOKS, PREFIX
+from policy.layout import PREFIX, TABLE_HOOKS
 from policy.ruleset import (
     ICMP,
     Addr,
@@ -22,6 +22,7 @@ from policy.ruleset import (
     Log,
     Mark,
     Match,
+    NoTrack,
     Ports,
     Proto,
     Rule,
@@ -77,6 +78,8 @@ def render_action(rule: Rule) -> str:
         return f"-j MARK --set-xmark {a.value:#x}/{a.mask:#x}"
     if isinstance(a, Log):
         return f'-j LOG --log-prefix "{a.prefix}" --log-level 5'
+    if isinstance(a, NoTrack):
+        return "-j NOTRACK"
     raise TypeError(f"unknown action {a!r}")
 
 
@@ -123,24 +126,25 @@ class Renderer:
 
 @dataclass
 class SavedState:
-    """Our part of `iptables-save -t filter`: chain -> rule hashes ("?" for a rule without
-    our tag), and which built-in chains hold our hook rule at the top."""
+    """Our part of one table in `iptables-save`: chain -> rule hashes ("?" for a rule without
+    our tag), our hook rules per built-in chain, and whether each hook is alone at the top."""
 
     chains: dict[str, tuple[str, ...]]
     hooks_ok: dict[str, bool]
     hook_lines: dict[str, list[str]]
 
 
-def parse_save(text: str) -> SavedState:
+def parse_save(text: str, table: str = "filter") -> SavedState:
+    hooks = TABLE_HOOKS[table]
     chains: dict[str, list[str]] = {}
     first_rule: dict[str, str] = {}
-    hook_lines: dict[str, list[str]] = {b: [] for b in HOOKS}
-    in_filter = False
+    hook_lines: dict[str, list[str]] = {b: [] for b in hooks}
+    in_table = False
     for line in text.splitlines():
         if line.startswith("*"):
-            in_filter = line == "*filter"
+            in_table = line == f"*{table}"
             continue
-        if not in_filter:
+        if not in_table:
             continue
         if line.startswith(":"):
             name = line[1:].split(" ", 1)[0]
@@ -151,48 +155,63 @@ def parse_save(text: str) -> SavedState:
             if name.startswith(PREFIX):
                 m = _HASH_RE.search(rest)
                 chains.setdefault(name, []).append(m.group(1) if m else "?")
-            elif name in HOOKS:
+            elif name in hooks:
                 first_rule.setdefault(name, rest)
-                if rest.endswith(f"-j {HOOKS[name]}"):
+                if rest.endswith(f"-j {hooks[name]}"):
                     hook_lines[name].append(line)
     hooks_ok = {
         builtin: first_rule.get(builtin, "").endswith(f"-j {target}")
         and len(hook_lines[builtin]) == 1
-        for builtin, target in HOOKS.items()
+        for builtin, target in hooks.items()
     }
     return SavedState({k: tuple(v) for k, v in chains.items()}, hooks_ok, hook_lines)
 
 
-def restore_batch(
+def hook_line(table: str, builtin: str) -> str:
+    """Our hook rule as `iptables-save` prints it."""
+    return f"-A {builtin} {_comment(HOOK_COMMENT)} -j {TABLE_HOOKS[table][builtin]}"
+
+
+def restore_section(
+    table: str,
     rendered: Mapping[str, RenderedChain],
     write: Iterable[str],
     delete: Iterable[str],
-    fix_hooks: Mapping[str, list[str]],
-) -> str:
-    """A `--noflush` batch: declare (and so flush) each chain to write or delete, append the
-    new rules, delete the stale chains last, then put each hook back at the top."""
+    state: SavedState,
+) -> tuple[str, list[str], list[str]]:
+    """One table's part of a `--noflush` batch: declare (and so flush) each chain to write or
+    delete, append the new rules, fix or drop our hooks, delete stale chains last.
+
+    Returns (text, built-ins hooked again, built-ins unhooked); text is "" if nothing changes.
+    """
     write = sorted(write)
     delete = sorted(delete)
+    hooks = TABLE_HOOKS[table]
     # A hook may only point at a chain that exists once this batch is in.
-    fix_hooks = {b: lines for b, lines in fix_hooks.items() if HOOKS[b] in rendered}
-    if not write and not delete and not fix_hooks:
-        return ""
-    out = ["*filter"]
+    fix = sorted(b for b, ok in state.hooks_ok.items() if not ok and hooks[b] in rendered)
+    unhook = sorted(
+        b for b, lines in state.hook_lines.items() if lines and hooks[b] not in rendered
+    )
+    if not write and not delete and not fix and not unhook:
+        return "", [], []
+    out = [f"*{table}"]
     out += [f":{name} - [0:0]" for name in [*write, *delete]]
-    for _builtin, old_lines in sorted(fix_hooks.items()):
-        out += ["-D" + line[2:] for line in old_lines]
+    for builtin in [*fix, *unhook]:
+        out += ["-D" + line[2:] for line in state.hook_lines[builtin]]
     for name in write:
         out += rendered[name].lines
-    for builtin in sorted(fix_hooks):
-        out.append(f"-I {builtin} 1 {_comment(HOOK_COMMENT)} -j {HOOKS[builtin]}")
+    for builtin in fix:
+        out.append(f"-I {builtin} 1 {_comment(HOOK_COMMENT)} -j {hooks[builtin]}")
     out += [f"-X {name}" for name in delete]
     out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", fix, unhook
 
 
-def removal_batch(state: SavedState) -> str:
-    """Remove every chain of ours and our hooks; foreign rules stay."""
-    out = ["*filter"]
+def removal_section(table: str, state: SavedState) -> str:
+    """Remove every chain of ours and our hooks from one table; foreign rules stay."""
+    if not state.chains and not any(state.hook_lines.values()):
+        return ""
+    out = [f"*{table}"]
     for lines in state.hook_lines.values():
         out += ["-D" + line[2:] for line in lines]
     out += [f":{name} - [0:0]" for name in sorted(state.chains)]

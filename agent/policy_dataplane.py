@@ -20,6 +20,9 @@ from policy.ruleset import Chain, IPSet, RuleSet
 
 log = logging.getLogger(__name__)
 
+# filter holds all normal policy; raw (doNotTrack) and mangle (preDNAT) only host endpoints'.
+TABLES = ("filter", "raw", "mangle")
+
 Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
 
 
@@ -86,22 +89,19 @@ class PolicyDataplane:
         self._restore = "iptables-nft-restore" if version == 4 else "ip6tables-nft-restore"
         self._save = "iptables-nft-save" if version == 4 else "ip6tables-nft-save"
         self._renderer = ipt.Renderer()
-        self._rendered: dict[str, tuple[Chain, ipt.RenderedChain]] = {}
-        # What we believe the kernel holds; None until the first reconcile reads it.
-        self._chains: dict[str, tuple[str, ...]] | None = None
+        self._rendered: dict[tuple[str, str], tuple[Chain, ipt.RenderedChain]] = {}
+        # What we believe the kernel holds, per table; None until the first read.
+        self._tables: dict[str, ipt.SavedState] | None = None
         self._sets: dict[str, IPSet] = {}
-        self._hooks: dict[str, list[str]] = {}
         self.status: dict[str, str] = {}
 
     # --- reading the kernel ----------------------------------------------------------------
 
     def _read(self) -> None:
-        res = self.run([self._save, "-t", "filter"], None)
+        res = self.run([self._save], None)
         if res.returncode != 0:
             raise ApplyError(self._save, res.stderr.strip())
-        state = ipt.parse_save(res.stdout)
-        self._chains = dict(state.chains)
-        self._hooks = {b: lines for b, lines in state.hook_lines.items() if not state.hooks_ok[b]}
+        self._tables = {table: ipt.parse_save(res.stdout, table) for table in TABLES}
         res = self.run(["ipset", "save"], None)
         if res.returncode != 0:
             raise ApplyError("ipset", res.stderr.strip())
@@ -117,19 +117,31 @@ class PolicyDataplane:
 
     def apply(self, rs: RuleSet) -> ApplyStats:
         """Make the kernel hold `rs`, touching only what changed since the last apply."""
-        if self._chains is None:
+        if self._tables is None:
             self._read()
-        assert self._chains is not None
+        assert self._tables is not None
         self.status = dict(rs.problems)
         stats = ApplyStats()
-        rendered = {name: self._render(name, rules) for name, rules in rs.chains.items()}
-        write = [n for n, rc in rendered.items() if self._chains.get(n) != rc.hashes]
-        delete = [n for n in self._chains if n not in rendered]
+        wanted = {"filter": rs.chains, **rs.tables}
+        sections: list[str] = []
+        plans = []
+        for table in TABLES:
+            state = self._tables[table]
+            chains = wanted.get(table, {})
+            rendered = {name: self._render(table, name, rules) for name, rules in chains.items()}
+            write = [n for n, rc in rendered.items() if state.chains.get(n) != rc.hashes]
+            delete = [n for n in state.chains if n not in rendered]
+            text, fixed, unhooked = ipt.restore_section(table, rendered, write, delete, state)
+            if not text:
+                continue
+            sections.append(text)
+            plans.append((table, rendered, write, delete, fixed, unhooked))
+            tag = "" if table == "filter" else f"{table}:"
+            stats.chains_written += sorted(tag + n for n in write)
+            stats.chains_deleted += sorted(tag + n for n in delete)
+            stats.hooks_fixed += [tag + b for b in fixed]
+        batch = "".join(sections)
         set_diff = ipsets.diff(self._sets, rs.ipsets)
-        batch = ipt.restore_batch(rendered, write, delete, self._hooks)
-        stats.chains_written = sorted(write)
-        stats.chains_deleted = sorted(delete)
-        stats.hooks_fixed = sorted(self._hooks)
         stats.iptables_batch = batch
         set_text = set_diff.restore_text()
         stats.ipset_batch = set_text
@@ -148,12 +160,19 @@ class PolicyDataplane:
                 self._undo_sets(set_diff)
                 line = _failing_line(res.stderr, batch, r"line:? (\d+)")
                 raise ApplyError(self._restore, res.stderr.strip(), line)
-        for name in write:
-            self._chains[name] = rendered[name].hashes
-        for name in delete:
-            del self._chains[name]
-        self._hooks = {}
-        self._sets = {name: s for name, s in rs.ipsets.items()}
+        for table, rendered, write, delete, fixed, unhooked in plans:
+            state = self._tables[table]
+            for name in write:
+                state.chains[name] = rendered[name].hashes
+            for name in delete:
+                del state.chains[name]
+            for builtin in fixed:
+                state.hook_lines[builtin] = [ipt.hook_line(table, builtin)]
+                state.hooks_ok[builtin] = True
+            for builtin in unhooked:
+                state.hook_lines[builtin] = []
+                state.hooks_ok[builtin] = False
+        self._sets = dict(rs.ipsets)
         if set_diff.destroy:
             res = self.run(["ipset", "restore", "-exist"], set_diff.destroy_text())
             if res.returncode != 0:
@@ -163,14 +182,14 @@ class PolicyDataplane:
             log.warning("not applied: %s: %s", key, problem)
         return stats
 
-    def _render(self, name: str, rules: Chain) -> ipt.RenderedChain:
+    def _render(self, table: str, name: str, rules: Chain) -> ipt.RenderedChain:
         # The compiler hands back the same tuple for an unchanged chain; skip even the
         # per-rule lookups then.
-        hit = self._rendered.get(name)
+        hit = self._rendered.get((table, name))
         if hit is not None and hit[0] is rules:
             return hit[1]
         out = self._renderer.chain(name, rules)
-        self._rendered[name] = (rules, out)
+        self._rendered[(table, name)] = (rules, out)
         return out
 
     def _undo_sets(self, set_diff: ipsets.SetDiff) -> None:
@@ -180,22 +199,19 @@ class PolicyDataplane:
             if res.returncode != 0:
                 log.error("ipset rollback failed: %s", res.stderr.strip())
         # Our belief may now be off; the next apply reads the kernel again.
-        self._chains = None
+        self._tables = None
 
     def remove_all(self) -> None:
         """Take every chain, hook and set of ours out of the kernel (agent uninstall)."""
-        res = self.run([self._save, "-t", "filter"], None)
-        if res.returncode != 0:
-            raise ApplyError(self._save, res.stderr.strip())
-        state = ipt.parse_save(res.stdout)
-        if state.chains or any(state.hook_lines.values()):
-            batch = ipt.removal_batch(state)
+        self._read()
+        assert self._tables is not None
+        batch = "".join(ipt.removal_section(t, state) for t, state in self._tables.items())
+        if batch:
             out = self.run([self._restore, "--noflush"], batch)
             if out.returncode != 0:
                 raise ApplyError(self._restore, out.stderr.strip())
-        self._read()
         if self._sets:
             text = "".join(f"destroy {name}\n" for name in sorted(self._sets))
             self.run(["ipset", "restore", "-exist"], text)
-        self._chains = None
+        self._tables = None
         self._sets = {}

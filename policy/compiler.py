@@ -57,6 +57,20 @@ class Compiled:
     sets: dict[SetKey, str] = field(default_factory=dict)
     named_ports: set[tuple[str, str]] = field(default_factory=set)
     problem: str | None = None
+    table: str = "filter"
+
+
+@dataclass
+class EndpointChains:
+    filter: dict[str, Chain] = field(default_factory=dict)
+    tables: dict[str, dict[str, Chain]] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    forward: bool = False  # a host endpoint with applyOnForward policies
+
+
+def _policy_mode(p: PolicyEntry) -> str:
+    """The table a policy lives in: raw (doNotTrack), mangle (preDNAT) or filter."""
+    return "raw" if p.do_not_track else "mangle" if p.pre_dnat else "filter"
 
 
 class _NamespaceLabels(Mapping[str, Mapping[str, str]]):
@@ -117,7 +131,7 @@ class PolicyCompiler:
         # policy, profile or tier does) and per-set members (dropped when a member changes).
         self._gen = 0
         self._cache_token: tuple | None = None
-        self._ep_cache: dict[str, tuple[dict[str, Chain], set[str], bool]] = {}
+        self._ep_cache: dict[str, EndpointChains] = {}
         self._dirty_eps: set[str] = set()
         self._set_cache: dict[SetKey, IPSet] = {}
         self._compiled: dict[str, Compiled] = {}
@@ -347,8 +361,7 @@ class PolicyCompiler:
                 p = self.policies[ident]
                 scope = ("ns", p.namespace) if p.namespace is not None else ANY
                 rc = RuleCompiler(self.version, scope, use)  # type: ignore[arg-type]
-                if p.pre_dnat or p.do_not_track:
-                    raise RenderError("preDNAT and doNotTrack policies are not rendered yet")
+                compiled.table = _policy_mode(p)
                 for direction, rules, ckind in (
                     ("ingress", p.ingress, "pi"),
                     ("egress", p.egress, "po"),
@@ -438,26 +451,33 @@ class PolicyCompiler:
         return self._last_good.get(rid)
 
     def tier_plans(
-        self, ep_key: str, direction: str, included: dict[str, Compiled], forward: bool = False
+        self, ep_key: str, direction: str, included: dict[str, Compiled], mode: str = "filter"
     ) -> list[TierPlan]:
-        """The tiers and policies that apply to an endpoint in one direction, in order."""
+        """The tiers and policies that apply to an endpoint in one direction, in order.
+
+        `mode` picks the policies: "filter" (normal), "forward" (applyOnForward), "raw"
+        (doNotTrack) or "mangle" (preDNAT). Untracked and pre-DNAT tiers never default-deny:
+        traffic no such policy decides goes on to normal policy, as in Calico."""
         by_tier: dict[str, list[PolicyEntry]] = {}
         ckind = "pi" if direction == "ingress" else "po"
         for pkey in self._ep_policies.get(ep_key, ()):
             p = self.policies[pkey]
             if direction.capitalize() not in p.types or _rid_policy(pkey) not in included:
                 continue
-            if forward and not p.apply_on_forward:
+            if _policy_mode(p) != ("filter" if mode == "forward" else mode):
+                continue
+            if mode == "forward" and not p.apply_on_forward:
                 continue
             by_tier.setdefault(p.tier, []).append(p)
         plans = []
         for tier in sorted(by_tier, key=self._tier_sort_key):
             entry = self.tiers.get(tier)
+            action = entry.default_action if entry else "Deny"
             policies = sorted(by_tier[tier], key=lambda p: p.sort_key)
             plans.append(
                 TierPlan(
                     tier,
-                    entry.default_action if entry else "Deny",
+                    "Pass" if mode in ("raw", "mangle") else action,
                     tuple((p.display, chain_name(ckind, p.display)) for p in policies),
                 )
             )
@@ -500,14 +520,18 @@ class PolicyCompiler:
         wl = [ep for ep in local if not ep.host]
         heps = [ep for ep in local if ep.host]
         forward_heps = []
+        raw_heps: list[Endpoint] = []
+        mangle_heps: list[Endpoint] = []
         for ep in local:
             cached = self._ep_cache.get(ep.key)
             if cached is None:
                 cached = self._ep_cache[ep.key] = self._endpoint_chains(ep, included)
-            chains, ep_used, forward = cached
-            rs.chains.update(chains)
-            used.update(ep_used)
-            if forward:
+            rs.chains.update(cached.filter)
+            for table, chains in cached.tables.items():
+                rs.tables.setdefault(table, {}).update(chains)
+                (raw_heps if table == "raw" else mangle_heps).append(ep)
+            used.update(cached.used)
+            if cached.forward:
                 forward_heps.append(ep)
         rs.chains[layout.FROM_WL] = layout.dispatch(wl, "in", "fw", catch_all=True)
         rs.chains[layout.TO_WL] = layout.dispatch(wl, "out", "tw", catch_all=True)
@@ -528,15 +552,21 @@ class PolicyCompiler:
                 bool(heps),
                 bool(forward_heps),
                 self.version,
+                have_untracked=bool(raw_heps),
             )
         )
+        if raw_heps:
+            rs.tables["raw"].update(layout.raw_chains(self.failsafes, raw_heps))
+        if mangle_heps:
+            rs.tables["mangle"].update(layout.mangle_chains(self.failsafes, mangle_heps))
         set_keys: dict[str, SetKey] = {}
         for compiled in included.values():
             names = [n for n in compiled.chains if n in used]
             if not names:
                 continue
+            target = rs.chains if compiled.table == "filter" else rs.tables[compiled.table]
             for name in names:
-                rs.chains[name] = compiled.chains[name]
+                target[name] = compiled.chains[name]
             for key, set_name in compiled.sets.items():
                 set_keys[set_name] = key
         for set_name, key in sorted(set_keys.items()):
@@ -551,29 +581,41 @@ class PolicyCompiler:
             rs.ipsets[set_name] = ipset
         return rs
 
-    def _endpoint_chains(
-        self, ep: Endpoint, included: dict[str, Compiled]
-    ) -> tuple[dict[str, Chain], set[str], bool]:
-        """One endpoint's chains, the policy/profile chains they use, and whether it is a
-        host endpoint with applyOnForward policies."""
-        chains: dict[str, Chain] = {}
-        used: set[str] = set()
+    def _endpoint_chains(self, ep: Endpoint, included: dict[str, Compiled]) -> EndpointChains:
+        """One endpoint's chains in every table, and the policy/profile chains they use."""
+        out = EndpointChains()
         if not ep.host:
             for direction, kind in (("ingress", "tw"), ("egress", "fw")):
-                chains[chain_name(kind, ep.iface)] = self._endpoint_chain(
-                    ep, direction, included, used
+                out.filter[chain_name(kind, ep.iface)] = self._endpoint_chain(
+                    ep, direction, included, out.used
                 )
-            return chains, used, False
+            return out
         ident = iface_ident(ep.iface)
         for direction, kind in (("ingress", "fh"), ("egress", "th")):
-            chains[chain_name(kind, ident)] = self._endpoint_chain(ep, direction, included, used)
-        forward = any(self.policies[k].apply_on_forward for k in self._ep_policies.get(ep.key, ()))
-        if forward:
+            out.filter[chain_name(kind, ident)] = self._endpoint_chain(
+                ep, direction, included, out.used
+            )
+        modes = {
+            _policy_mode(self.policies[k]) + ("+fwd" if self.policies[k].apply_on_forward else "")
+            for k in self._ep_policies.get(ep.key, ())
+        }
+        if "filter+fwd" in modes:
+            out.forward = True
             for direction, kind in (("ingress", "fhfw"), ("egress", "thfw")):
-                chains[chain_name(kind, ident)] = self._endpoint_chain(
-                    ep, direction, included, used, forward=True
+                out.filter[chain_name(kind, ident)] = self._endpoint_chain(
+                    ep, direction, included, out.used, "forward"
                 )
-        return chains, used, forward
+        if "raw+fwd" in modes:
+            raw = out.tables.setdefault("raw", {})
+            for direction, kind in (("ingress", "fh"), ("egress", "th")):
+                raw[chain_name(kind, ident)] = self._endpoint_chain(
+                    ep, direction, included, out.used, "raw"
+                )
+        if "mangle+fwd" in modes:
+            out.tables.setdefault("mangle", {})[chain_name("fh", ident)] = self._endpoint_chain(
+                ep, "ingress", included, out.used, "mangle"
+            )
+        return out
 
     def _endpoint_chain(
         self,
@@ -581,9 +623,9 @@ class PolicyCompiler:
         direction: str,
         included: dict[str, Compiled],
         used: set[str],
-        forward: bool = False,
+        mode: str = "filter",
     ) -> Chain:
-        tiers = self.tier_plans(ep.key, direction, included, forward)
+        tiers = self.tier_plans(ep.key, direction, included, mode)
         pkind = "pri" if direction == "ingress" else "pro"
         profiles = []
         for name in ep.profiles:
@@ -591,9 +633,9 @@ class PolicyCompiler:
             profiles.append((name, chain))
         for plan in tiers:
             used.update(chain for _, chain in plan.policies)
-        if forward:
-            sig: tuple = ("fwd", tuple(tiers))
-            end = Rule((), RETURN, Origin("host endpoint forward", note="no policy decided"))
+        if mode != "filter":
+            sig: tuple = (mode, tuple(tiers))
+            end = Rule((), RETURN, Origin(f"host endpoint {mode}", note="no policy decided"))
             build = lambda: layout.endpoint_chain(tiers, (), use_profiles=False, end=end)  # noqa: E731
         else:
             used.update(chain for _, chain in profiles if chain is not None)

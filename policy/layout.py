@@ -17,11 +17,13 @@ from policy.ruleset import (
     MARK_ACCEPT,
     MARK_MASK,
     MARK_PASS,
+    MARK_UNTRACKED,
     RETURN,
     Conntrack,
     Iface,
     Jump,
     Mark,
+    NoTrack,
     Origin,
     Ports,
     Proto,
@@ -43,8 +45,14 @@ FROM_HEP = PREFIX + "from-host-endpoint"
 TO_HEP = PREFIX + "to-host-endpoint"
 FROM_HEP_FWD = PREFIX + "from-hep-forward"
 TO_HEP_FWD = PREFIX + "to-hep-forward"
+PREROUTING = PREFIX + "PREROUTING"
 # Our chains hook into the built-in ones with one rule each, at the top.
 HOOKS = {"FORWARD": FORWARD, "INPUT": INPUT, "OUTPUT": OUTPUT}
+TABLE_HOOKS = {
+    "filter": HOOKS,
+    "raw": {"PREROUTING": PREROUTING, "OUTPUT": OUTPUT},
+    "mangle": {"PREROUTING": PREROUTING},
+}
 
 _SAFE = re.compile(r"[A-Za-z0-9._/:-]+")
 
@@ -216,10 +224,24 @@ def top_chains(
     have_heps: bool,
     have_forward_heps: bool,
     version: int = 4,
+    *,
+    have_untracked: bool = False,
 ) -> dict[str, tuple[Rule, ...]]:
     """cali-FORWARD/INPUT/OUTPUT and their fixed helpers."""
     wl = workload_prefix + "+"
+    untracked = (
+        [
+            Rule(
+                (Conntrack(("UNTRACKED",)), Mark(MARK_UNTRACKED, MARK_UNTRACKED)),
+                ACCEPT,
+                Origin("untracked", note="allowed by a doNotTrack policy"),
+            )
+        ]
+        if have_untracked
+        else []
+    )
     ct = (
+        *untracked,
         Rule((Conntrack(("RELATED", "ESTABLISHED")),), ACCEPT),
         Rule((Conntrack(("INVALID",)),), DROP),
         Rule((), SetMark(0, MARK_MASK)),
@@ -248,3 +270,37 @@ def top_chains(
         chains[FAILSAFE_IN] = failsafe_chain(failsafes.inbound, inbound=True)
         chains[FAILSAFE_OUT] = failsafe_chain(failsafes.outbound, inbound=False)
     return chains
+
+
+def raw_chains(failsafes: Failsafes, heps: Sequence[Endpoint]) -> dict[str, tuple[Rule, ...]]:
+    """The raw table for doNotTrack policies: what they allow skips conntrack (and is then
+    accepted by the filter table); what they deny is dropped; the rest goes on as usual."""
+    clear = Rule((), SetMark(0, MARK_MASK | MARK_UNTRACKED))
+    untrack = (
+        Rule((Mark(MARK_ACCEPT, MARK_ACCEPT),), SetMark(MARK_UNTRACKED, MARK_UNTRACKED)),
+        Rule((Mark(MARK_UNTRACKED, MARK_UNTRACKED),), NoTrack()),
+        Rule((Mark(MARK_UNTRACKED, MARK_UNTRACKED),), ACCEPT),
+    )
+    return {
+        PREROUTING: (clear, Rule((), Jump(FAILSAFE_IN)), Rule((), Jump(FROM_HEP)), *untrack),
+        OUTPUT: (clear, Rule((), Jump(FAILSAFE_OUT)), Rule((), Jump(TO_HEP)), *untrack),
+        FAILSAFE_IN: failsafe_chain(failsafes.inbound, inbound=True),
+        FAILSAFE_OUT: failsafe_chain(failsafes.outbound, inbound=False),
+        FROM_HEP: dispatch(heps, "in", "fh", catch_all=False),
+        TO_HEP: dispatch(heps, "out", "th", catch_all=False),
+    }
+
+
+def mangle_chains(failsafes: Failsafes, heps: Sequence[Endpoint]) -> dict[str, tuple[Rule, ...]]:
+    """The mangle table for preDNAT policies, before DNAT: deny drops, allow or no decision
+    goes on to the filter table's normal policy."""
+    return {
+        PREROUTING: (
+            Rule((Conntrack(("RELATED", "ESTABLISHED")),), ACCEPT),
+            Rule((), SetMark(0, MARK_MASK)),
+            Rule((), Jump(FAILSAFE_IN)),
+            Rule((), Jump(FROM_HEP)),
+        ),
+        FAILSAFE_IN: failsafe_chain(failsafes.inbound, inbound=True),
+        FROM_HEP: dispatch(heps, "in", "fh", catch_all=False),
+    }

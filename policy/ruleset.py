@@ -13,6 +13,9 @@ from typing import Literal
 MARK_ACCEPT = 0x10000
 MARK_PASS = 0x20000
 MARK_MASK = MARK_ACCEPT | MARK_PASS
+# Set in the raw table on packets an untracked (doNotTrack) policy allowed; the filter table
+# accepts them without policy, as their conntrack entry never exists.
+MARK_UNTRACKED = 0x40000
 
 Direction = Literal["src", "dst"]
 
@@ -98,7 +101,12 @@ class Log:
     prefix: str
 
 
-Action = Verdict | Jump | SetMark | Log
+@dataclass(frozen=True, slots=True)
+class NoTrack:
+    """Raw table only: keep the packet out of conntrack."""
+
+
+Action = Verdict | Jump | SetMark | Log | NoTrack
 
 ACCEPT = Verdict("ACCEPT")
 DROP = Verdict("DROP")
@@ -147,10 +155,12 @@ class IPSet:
 
 @dataclass
 class RuleSet:
-    """Everything one IP family needs: chain name -> rules, ipset name -> set, and the
+    """Everything one IP family needs: filter chain name -> rules, the raw and mangle
+    chains (host endpoint doNotTrack and preDNAT policy), ipset name -> set, and the
     resources that could not be rendered (key -> reason)."""
 
     version: int
     chains: dict[str, Chain] = field(default_factory=dict)
+    tables: dict[str, dict[str, Chain]] = field(default_factory=dict)
     ipsets: dict[str, IPSet] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from policy.ruleset import (
     Log,
     Mark,
     Match,
+    NoTrack,
     Ports,
     Proto,
     Rule,
@@ -150,6 +151,6 @@ class Simulator:
                     return final
                 if a.goto:
                     return None
-            elif isinstance(a, Log):
+            elif isinstance(a, Log | NoTrack):
                 continue
         return None

@@ -442,3 +442,72 @@ def test_tenant_isolation_over_ipv6(lab: Lab) -> None:
     assert reachable(a, ip_b) and reachable(b, ip_a), "same org over IPv6 (NDP to the host works)"
     assert not pings(a, ip_m) and not pings(m, ip_b)
     assert "cali-pi-allow-within-org-ami" in host.run(["ip6tables-nft-save"]).stdout
+
+
+def _gnp(name: str, spec: dict) -> GlobalNetworkPolicy:
+    return GlobalNetworkPolicy.model_validate({"metadata": {"name": name}, "spec": spec})
+
+
+def test_pre_dnat_and_do_not_track_host_endpoint_policies(lab: Lab) -> None:
+    _require()
+    c = Cluster(lab, 1, external=True)
+    host, ext = c.hosts[0], c.ext
+    assert ext is not None
+    c.endpoints["hep"] = Endpoint(
+        name="host0-eth0",
+        iface="eth0",
+        ips=("198.18.0.1",),
+        host=True,
+        node="host0",
+        labels={"role": "node"},
+    )
+    c.listen(host, 7000, 8080, 8443)
+    allow_all = _gnp(
+        "allow-all",
+        {
+            "order": 100,
+            "selector": "all()",
+            "types": ["Ingress", "Egress"],
+            "ingress": [{"action": "Allow"}],
+            "egress": [{"action": "Allow"}],
+        },
+    )
+    pre_dnat = _gnp(
+        "no-8443",
+        {
+            "order": 1,
+            "selector": "role == 'node'",
+            "applyOnForward": True,
+            "preDNAT": True,
+            "ingress": [{"action": "Deny", "protocol": "TCP", "destination": {"ports": [8443]}}],
+        },
+    )
+    c.apply([allow_all, pre_dnat])
+    assert c.connects(ext, "198.18.0.1", 8080)
+    assert not c.connects(ext, "198.18.0.1", 8443), "preDNAT deny in mangle"
+    save = host.run(["iptables-nft-save", "-t", "mangle"]).stdout
+    assert '-A PREROUTING -m comment --comment "cali:hook" -j cali-PREROUTING' in save
+
+    # Untracked allow in both directions for TCP 7000; normal policy denies everything else.
+    deny_all = _gnp("deny-all", {"order": 100, "selector": "all()", "types": ["Ingress", "Egress"]})
+    untracked = _gnp(
+        "untracked-7000",
+        {
+            "order": 1,
+            "selector": "role == 'node'",
+            "applyOnForward": True,
+            "doNotTrack": True,
+            "types": ["Ingress", "Egress"],
+            "ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [7000]}}],
+            "egress": [{"action": "Allow", "protocol": "TCP", "source": {"ports": [7000]}}],
+        },
+    )
+    stats = c.apply([deny_all, untracked])
+    assert "raw:cali-PREROUTING" in stats[0].chains_written
+    assert "mangle:cali-PREROUTING" in stats[0].chains_deleted, "preDNAT gone, mangle cleaned"
+    assert c.connects(ext, "198.18.0.1", 7000), "untracked allow"
+    assert not c.connects(ext, "198.18.0.1", 8080), "normal deny-all"
+    conntrack = host.run(["cat", "/proc/net/nf_conntrack"]).stdout
+    assert "dport=8080" in conntrack, "control: the tracked 8080 flow of the first phase"
+    assert "dport=7000" not in conntrack, "the 7000 flow never entered conntrack"
+    assert "cali-" not in host.run(["iptables-nft-save", "-t", "mangle"]).stdout

@@ -13,7 +13,7 @@ from bgpd.model import load_documents
 from policy.compiler import PolicyCompiler
 from policy.endpoint import Endpoint, NamedPort
 from policy.layout import chain_name
-from policy.ruleset import RuleSet
+from policy.ruleset import NoTrack, RuleSet
 from policy.simulate import Packet, Simulator, Trace
 
 PROFILES = """
@@ -536,7 +536,7 @@ def test_failsafes_are_configurable() -> None:
     )
 
 
-def test_apply_on_forward_and_unrendered_pre_dnat() -> None:
+def test_apply_on_forward_pre_dnat_and_do_not_track() -> None:
     text = (
         gnp(
             "fwd",
@@ -545,10 +545,16 @@ def test_apply_on_forward_and_unrendered_pre_dnat() -> None:
         + "---\n"
         + gnp(
             "dnat",
-            "selector: role == 'node'\napplyOnForward: true\npreDNAT: true\ningress: [{action: Deny}]\n",
+            "selector: role == 'node'\napplyOnForward: true\npreDNAT: true\ningress:\n- action: Deny\n  protocol: TCP\n  destination: {ports: [8443]}\n",
+        )
+        + "---\n"
+        + gnp(
+            "dnt",
+            "selector: role == 'node'\napplyOnForward: true\ndoNotTrack: true\ningress:\n- action: Allow\n  protocol: UDP\n  destination: {ports: [4789]}\n",
         )
     )
     rs = build(text, (WEB, HEP)).ruleset()
+    assert rs.problems == {}
     assert "cali-fhfw-eth0" in rs.chains
     sim = Simulator(rs)
     t = sim.walk(
@@ -556,7 +562,30 @@ def test_apply_on_forward_and_unrendered_pre_dnat() -> None:
         Packet("192.0.2.1", WEB.ips[0], dport=80, iface_in="eth0", iface_out="caliweb"),
     )
     assert t.verdict == "DROP"
-    assert "preDNAT" in rs.problems["GlobalNetworkPolicy/dnat"]
+    # preDNAT lives in mangle: it denies 8443 before DNAT and lets the rest go on.
+    mangle = Simulator(RuleSet(4, chains=rs.tables["mangle"], ipsets=rs.ipsets))
+    t = mangle.walk(
+        "cali-PREROUTING", Packet("198.18.0.9", "198.18.0.1", dport=8443, iface_in="eth0")
+    )
+    assert t.verdict == "DROP" and decided_by(t) == "policy dnat ingress rule 0"
+    t = mangle.walk(
+        "cali-PREROUTING", Packet("198.18.0.9", "198.18.0.1", dport=80, iface_in="eth0")
+    )
+    assert t.verdict == "RETURN"
+    assert "cali-pi-dnat" not in rs.chains and "cali-pi-dnat" in rs.tables["mangle"]
+    # doNotTrack lives in raw: an allowed packet is marked untracked and skips conntrack.
+    raw = Simulator(RuleSet(4, chains=rs.tables["raw"], ipsets=rs.ipsets))
+    t = raw.walk(
+        "cali-PREROUTING", Packet("198.18.0.9", "198.18.0.1", proto=17, dport=4789, iface_in="eth0")
+    )
+    assert t.verdict == "ACCEPT" and t.mark & 0x40000
+    assert any(isinstance(r.action, NoTrack) for _, r in t.matched)
+    t = raw.walk(
+        "cali-PREROUTING", Packet("198.18.0.9", "198.18.0.1", proto=17, dport=53, iface_in="eth0")
+    )
+    assert t.verdict == "RETURN" and not t.mark & 0x40000
+    # The filter table then accepts such packets without normal policy.
+    assert rs.chains["cali-INPUT"][0].origin.resource == "untracked"
 
 
 # --- Kubernetes NetworkPolicy ----------------------------------------------------------------
