@@ -159,6 +159,15 @@ class GobgpPeer(Peer):
                     views.add((norm_addr(nh), orig, clusters))
         return views
 
+    def add_path(self, prefix: str, *attrs: str, next_hop: str | None = None) -> None:
+        """Originate ``prefix`` with raw ``gobgp global rib add`` attributes (local-pref, med,
+        aspath, community, ...); replaces what this peer originated for it before."""
+        fam = family_of(prefix)
+        nh = next_hop or self.next_hop_for(fam)
+        self.gobgp("global", "rib", "del", "-a", fam, prefix, check=False)
+        self.gobgp("global", "rib", "add", "-a", fam, prefix, "nexthop", nh, *attrs)
+        self.announced[norm_prefix(prefix)] = norm_addr(nh)
+
     def _apply_announce(self, routes: dict[str, str]) -> None:
         for prefix, nh in routes.items():
             fam = family_of(prefix)
