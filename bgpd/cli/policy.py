@@ -1,13 +1,31 @@
 """`routemesh policy explain`: why an endpoint's traffic is allowed or denied, from the
-resources in a YAML file (policies, profiles, sets, WorkloadEndpoints, HostEndpoints)."""
+resources (policies, profiles, sets, tiers, WorkloadEndpoints, HostEndpoints) in YAML files
+given with -f, or else in the datastore."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
-from bgpd.model import HostEndpoint, ResourceError, WorkloadEndpoint, load_documents
+from bgpd.datastore.base import DatastoreError
+from bgpd.datastore.resources import ResourceStore, ResourceStoreError
+from bgpd.datastore.url import open_datastore, resolve_url
+from bgpd.model import (
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    HostEndpoint,
+    K8sNetworkPolicy,
+    NetworkPolicy,
+    NetworkSet,
+    Profile,
+    Resource,
+    ResourceError,
+    Tier,
+    WorkloadEndpoint,
+    load_documents,
+)
 from policy.compiler import PolicyCompiler
 from policy.endpoint import Endpoint
 from policy.explain import ExplainError, explain
@@ -22,7 +40,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     ex.add_argument("endpoint", metavar="ENDPOINT", help="name, namespace/name, iface or IP")
     ex.add_argument(
-        "-f", "--filename", required=True, action="append", help="YAML resources (repeatable)"
+        "-f",
+        "--filename",
+        action="append",
+        help="YAML resources (repeatable; '-' is stdin); without it, read the datastore",
+    )
+    ex.add_argument(
+        "--datastore",
+        metavar="URL",
+        help="etcd://host:port, sqlite:///path (default: $ROUTEMESH_DATASTORE, then "
+        "/etc/routemesh/routemesh.toml)",
     )
     peer = ex.add_mutually_exclusive_group()
     peer.add_argument("--from", dest="peer_from", metavar="X", help="peer address or endpoint")
@@ -32,12 +59,41 @@ def add_args(p: argparse.ArgumentParser) -> None:
     ex.add_argument("--ip-version", type=int, choices=(4, 6), default=4)
 
 
-def _load(paths: list[str], version: int) -> PolicyCompiler:
+# Everything policy reads, in the order the compiler likes (sets and profiles first).
+STORE_KINDS: tuple[type[Resource], ...] = (
+    Tier,
+    Profile,
+    GlobalNetworkSet,
+    NetworkSet,
+    GlobalNetworkPolicy,
+    NetworkPolicy,
+    K8sNetworkPolicy,
+    WorkloadEndpoint,
+    HostEndpoint,
+)
+
+
+async def _from_store(url: str) -> list[Resource]:
+    datastore = open_datastore(url)
+    try:
+        store = ResourceStore(datastore)
+        out: list[Resource] = []
+        for kind in STORE_KINDS:
+            out += await store.list(kind)
+        return out
+    finally:
+        await datastore.close()
+
+
+def _load(paths: list[str] | None, version: int, datastore: str | None) -> PolicyCompiler:
     compiler = PolicyCompiler(version)
-    resources = []
-    for path in paths:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        resources += load_documents(text, source=path)
+    resources: list[Resource] = []
+    if paths:
+        for path in paths:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            resources += load_documents(text, source=path)
+    else:
+        resources = asyncio.run(_from_store(resolve_url(datastore)))
     endpoints = []
     for res in resources:
         if isinstance(res, WorkloadEndpoint):
@@ -51,13 +107,13 @@ def _load(paths: list[str], version: int) -> PolicyCompiler:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        compiler = _load(args.filename, args.ip_version)
-    except OSError as err:
+        compiler = _load(args.filename, args.ip_version, args.datastore)
+    except (OSError, ResourceError) as err:
         print(f"routemesh: {err}", file=sys.stderr)
         return 2
-    except ResourceError as err:
+    except (DatastoreError, ResourceStoreError) as err:
         print(f"routemesh: {err}", file=sys.stderr)
-        return 2
+        return 1
     proto = args.proto
     if proto is not None and proto.isdigit():
         proto = int(proto)

@@ -3,11 +3,15 @@ example manifests plus WorkloadEndpoints written by the test."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from bgpd.cli.main import main
+from bgpd.datastore.resources import ResourceStore
+from bgpd.datastore.url import open_datastore
+from bgpd.model import load_documents
 
 EXAMPLES = Path("/work/shared/examples")
 if not EXAMPLES.exists():
@@ -120,3 +124,30 @@ def test_bad_manifest_exits_2_naming_the_field(capsys, tmp_path: Path) -> None:
     )
     rc, _, err = run(capsys, "x", "-f", str(bad))
     assert rc == 2 and "ports" in err and "bad.yaml" in err
+
+
+def test_explain_reads_the_datastore_without_f(capsys, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/store.db"
+    docs = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text() + "---\n" + ENDPOINTS)
+
+    async def fill() -> None:
+        datastore = open_datastore(url)
+        try:
+            store = ResourceStore(datastore)
+            for doc in docs:
+                await store.apply(doc)
+        finally:
+            await datastore.close()
+
+    asyncio.run(fill())
+    rc, out, _ = run(capsys, "pod-m", "--datastore", url, "--from", "pod-b", "--proto", "TCP")
+    assert rc == 0
+    assert "    1. policy allow-within-org-bmi (order 100) -> cali-pi-allow-within-org-bmi" in out
+    assert "  DENY by tier default default deny: no policy matched" in out
+    rc, out, _ = run(capsys, "pod-b", "--datastore", url, "--from", "pod-a", "--proto", "TCP")
+    assert rc == 0 and "ALLOW by policy allow-within-org-ami ingress rule 0" in out
+
+
+def test_explain_with_an_unreachable_datastore_exits_1(capsys, tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "x", "--datastore", "bogus://nowhere")
+    assert rc == 1 and "bogus" in err
