@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from agent.mtu import DEFAULT_MTU, MTU_FILE, read_mtu_file
 from agent.netlink import NetnsNotFoundError, netns_exists
 from bgpd.datastore.base import Datastore, DatastoreError, UnavailableError
 from bgpd.datastore.url import DatastoreURLError, open_datastore
+from ipam import Ipam, IpamError
 
 PLUGIN_TYPE = "routemesh-cni"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -56,6 +58,7 @@ TRY_AGAIN_LATER = 11
 CHECK_FAILED = 100
 IPAM_FAILED = 101
 PLUMBING_FAILED = 102
+UNEXPECTED = 199
 
 
 class CniError(Exception):
@@ -348,12 +351,8 @@ def open_store(url: str) -> Datastore:
         raise CniError(INVALID_CONFIG, "datastore: bad URL", str(exc)) from exc
 
 
-def _ipam(store: Datastore | None, node: str) -> Any | None:
-    if store is None:
-        return None
-    from ipam import Ipam
-
-    return Ipam(store, node)
+def _ipam(store: Datastore | None, node: str) -> Ipam | None:
+    return Ipam(store, node) if store is not None else None
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -381,6 +380,12 @@ async def run(
         return 0, await _dispatch(inv, conf, store, host_netns)
     except CniError as exc:
         return 1, exc.to_json(version)
+    except Exception as exc:
+        # The runtime must always get the error JSON; the traceback goes to stderr, which
+        # runtimes keep in their logs.
+        traceback.print_exc(file=sys.stderr)
+        err = CniError(UNEXPECTED, "internal error", f"{type(exc).__name__}: {exc}")
+        return 1, err.to_json(version)
 
 
 def _claimed_version(stdin: bytes) -> str | None:
@@ -434,10 +439,8 @@ async def _add(inv: Invocation, conf: NetConf, workloads: Workloads) -> dict[str
         raise CniError(TRY_AGAIN_LATER, "datastore unavailable", str(exc)) from exc
     except DatastoreError as exc:
         raise CniError(IO_FAILURE, "datastore write failed", str(exc)) from exc
-    except Exception as exc:
-        if _is_ipam_error(exc):
-            raise CniError(IPAM_FAILED, "address assignment failed", str(exc)) from exc
-        raise
+    except IpamError as exc:
+        raise CniError(IPAM_FAILED, "address assignment failed", str(exc)) from exc
     return result_json(conf, attached.plumbed)
 
 
@@ -477,14 +480,6 @@ async def _check(inv: Invocation, conf: NetConf, workloads: Workloads) -> None:
     problems += await workloads.check(req, addresses)
     if problems:
         raise CniError(CHECK_FAILED, "the workload interface differs", "; ".join(problems))
-
-
-def _is_ipam_error(exc: BaseException) -> bool:
-    try:
-        from ipam import IpamError
-    except ImportError:
-        return False
-    return isinstance(exc, IpamError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

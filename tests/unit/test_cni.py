@@ -11,6 +11,7 @@ import pytest
 
 from agent import cni
 from agent.endpoint import Plumbed
+from bgpd.datastore.memory import MemoryDatastore
 
 CONF: dict[str, Any] = {
     "cniVersion": "1.0.0",
@@ -156,3 +157,18 @@ def test_mtu_zero_reads_the_agents_file(tmp_path: Any) -> None:
     assert cni.parse_config(conf(mtu=0, mtu_file=str(path))).mtu == 1410
     path.write_text("garbage")
     assert cni.parse_config(conf(mtu=0, mtu_file=str(path))).mtu == 1500
+
+
+class _ExplodingStore(MemoryDatastore):
+    """A store whose reads fail in a way nobody planned for."""
+
+    async def get(self, key: str) -> Any:
+        raise RuntimeError("disk on fire")
+
+
+async def test_unexpected_failures_still_answer_with_error_json() -> None:
+    env = {**ENV, "CNI_COMMAND": "DEL"}
+    code, out = await cni.run(env, conf(cniVersion="0.4.0"), store=_ExplodingStore())
+    assert code == 1 and out is not None
+    assert out["code"] == 199 and out["cniVersion"] == "0.4.0"
+    assert "RuntimeError: disk on fire" in out["details"]
