@@ -70,3 +70,14 @@ def read_mtu_file(path: Path = MTU_FILE) -> int | None:
     except (OSError, ValueError):
         return None
     return value if 68 <= value <= 65535 else None
+
+
+async def publish_workload_mtu(
+    encaps: Iterable[str], *, path: Path = MTU_FILE, netns: str | None = None
+) -> int:
+    """Detect the uplink MTU, subtract the overhead of the encapsulations in use, and write
+    the result where the CNI plugin looks (``"mtu": 0`` in its config). Returns the value."""
+    mtu = workload_mtu(await detect_host_mtu(netns=netns), list(encaps))
+    if read_mtu_file(path) != mtu:
+        write_mtu_file(mtu, path)
+    return mtu

@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from agent.endpoint import EndpointDataplane, EndpointSpec
-from agent.mtu import detect_host_mtu, workload_mtu
+from agent.mtu import detect_host_mtu, publish_workload_mtu, read_mtu_file, workload_mtu
 from agent.tunnels import (
     NODE_PREFIX,
     VXLAN_NAME,
@@ -264,3 +264,19 @@ async def test_vtep_resync_loop_follows_node_changes(lab: Lab) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+async def test_published_mtu_follows_the_uplink_and_encapsulation(lab: Lab) -> None:
+    host = lab.netns()
+    host.ip("link", "add", "uplink0", "mtu", "9000", "type", "veth", "peer", "name", "uplink1")
+    host.ip("link", "set", "uplink1", "mtu", "9000")
+    for name in ("uplink0", "uplink1"):
+        host.link_up(name)
+    path = lab.tmpdir("mtu") / "mtu"
+    assert await publish_workload_mtu(["vxlan"], path=path, netns=host.name) == 8950
+    assert read_mtu_file(path) == 8950
+    # A smaller uplink appears: the smallest wins, and IPIP-only pools lose 20 bytes.
+    host.ip("link", "add", "uplink2", "mtu", "1500", "type", "veth", "peer", "name", "uplink3")
+    host.link_up("uplink2")
+    assert await publish_workload_mtu(["ipip"], path=path, netns=host.name) == 1480
+    assert read_mtu_file(path) == 1480
