@@ -120,6 +120,11 @@ class PolicyDataplane:
         if self._tables is None:
             self._read()
         assert self._tables is not None
+        for key, problem in sorted(rs.problems.items()):
+            if self.status.get(key) != problem:  # log each problem once, not every apply
+                log.warning("policy %s is not applied: %s", key, problem)
+        for key in sorted(set(self.status) - set(rs.problems)):
+            log.info("policy %s is applied again", key)
         self.status = dict(rs.problems)
         stats = ApplyStats()
         wanted = {"filter": rs.chains, **rs.tables}
@@ -178,8 +183,6 @@ class PolicyDataplane:
             if res.returncode != 0:
                 # The sets are unreferenced now; a later reconcile retries the destroy.
                 log.warning("ipset destroy failed: %s", res.stderr.strip())
-        for key, problem in sorted(rs.problems.items()):
-            log.warning("not applied: %s: %s", key, problem)
         return stats
 
     def _render(self, table: str, name: str, rules: Chain) -> ipt.RenderedChain:

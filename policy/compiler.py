@@ -7,7 +7,6 @@ against every policy and set; a policy change re-tests that policy against every
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from policy.endpoint import Endpoint
 from policy.layout import Failsafes, TierPlan, chain_name, iface_ident
 from policy.rulegen import RenderError, RuleCompiler
 from policy.ruleset import RETURN, Chain, IPSet, Origin, Rule, RuleSet
+from policy.selector import Global
 from policy.sets import ANY, SetKey, SetMatcher
 from policy.view import (
     DEFAULT_TIER,
@@ -43,8 +43,6 @@ from policy.view import (
     resource_key,
     tier_entry,
 )
-
-log = logging.getLogger(__name__)
 
 POLICY_KINDS = (NetworkPolicy, GlobalNetworkPolicy, K8sNetworkPolicy)
 
@@ -320,17 +318,20 @@ class PolicyCompiler:
             self._set_cache.pop(key, None)
 
     def _selects(self, p: PolicyEntry, ep: Endpoint, labels: dict[str, str]) -> bool:
+        nssel = p.namespace_selector
         if ep.host:
-            if p.namespace is not None or p.namespace_selector is not None:
+            # Host endpoints are in no namespace: only `namespaceSelector: global()` fits.
+            if p.namespace is not None or (nssel is not None and not isinstance(nssel, Global)):
                 return False
         else:
             if p.pre_dnat or p.do_not_track:
                 return False
             if p.namespace is not None and ep.namespace != p.namespace:
                 return False
-            if p.namespace_selector is not None and (
+            if nssel is not None and (
                 ep.namespace is None
-                or not p.namespace_selector.evaluate(self.ns_labels(ep.namespace))
+                or isinstance(nssel, Global)
+                or not nssel.evaluate(self.ns_labels(ep.namespace))
             ):
                 return False
             if p.sa_selector is not None and (
@@ -506,8 +507,6 @@ class PolicyCompiler:
         """Every chain and ipset this family needs now. Deterministic: same state, equal set."""
         rs = RuleSet(self.version)
         included = self.included(rs.problems)
-        for rid, problem in sorted(rs.problems.items()):
-            log.warning("policy %s is not applied: %s", rid, problem)
         used: set[str] = set()
         token = (self._gen, frozenset(included))
         if token != self._cache_token:
@@ -516,7 +515,8 @@ class PolicyCompiler:
         for key in self._dirty_eps:
             self._ep_cache.pop(key, None)
         self._dirty_eps.clear()
-        local = [ep for ep in self.endpoints.values() if self.is_local(ep)]
+        # An endpoint without an interface (yet) has no chains, but still fills ipsets.
+        local = [ep for ep in self.endpoints.values() if self.is_local(ep) and ep.iface]
         wl = [ep for ep in local if not ep.host]
         heps = [ep for ep in local if ep.host]
         forward_heps = []

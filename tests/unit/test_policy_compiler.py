@@ -685,3 +685,22 @@ def test_deleting_a_policy_removes_its_chain_and_sets() -> None:
     c.delete("GlobalNetworkPolicy/from-db")
     rs = c.ruleset()
     assert not rs.ipsets and "cali-pi-from-db" not in rs.chains
+
+
+def test_namespace_selector_global_means_host_endpoints_only() -> None:
+    text = gnp("hosts", "namespaceSelector: global()\nselector: all()\ningress: [{action: Deny}]\n")
+    rs = build(text, (WEB, HEP)).ruleset()
+    assert allowed(ingress(rs, WEB, "198.18.5.5")), "a namespaced pod is not selected"
+    t = Simulator(rs).walk("cali-fh-eth0", Packet("198.18.0.9", "198.18.0.1", dport=80))
+    assert t.verdict == "DROP" and decided_by(t) == "policy hosts ingress rule 0"
+
+
+def test_endpoint_without_interface_fills_sets_but_gets_no_chains() -> None:
+    pending = Endpoint.for_pod("pending", "default", "", ["10.244.1.77"], {"app": "db"})
+    text = gnp(
+        "from-db",
+        "selector: app == 'web'\ningress:\n- action: Allow\n  source: {selector: app == 'db'}\n",
+    )
+    rs = build(text, (WEB, DB, pending)).ruleset()
+    assert not any(name.endswith("-") for name in rs.chains)
+    assert allowed(ingress(rs, WEB, "10.244.1.77"))
