@@ -222,7 +222,9 @@ class Ipam:
     async def _affine_blocks(self, pools: list[Pool]) -> list[Network]:
         kvs, _rev = await self.store.list(affinity_prefix(self.host))
         out = []
-        for kv in kvs:
+        # Newest claim first: while a host fills up, its older blocks are full, and reading
+        # each of them before the one with room made every assign cost O(blocks) reads.
+        for kv in sorted(kvs, key=lambda kv: kv.create_revision, reverse=True):
             try:
                 _host, cidr = parse_affinity_key(kv.key)
             except ValueError:
