@@ -152,6 +152,9 @@ class FibManager:
         if self.resolver is not None:
             main = kernel if self.fib.table == MAIN_TABLE else await self.fib.dump(MAIN_TABLE)
             self.resolver.load(main)
+            for index, up in getattr(self.fib, "link_up", {}).items():
+                self.resolver.link_changed(index, up)
+                self._link_up[index] = up
         if self.watch:
             self._close_monitor = self.fib.monitor(self._on_kernel_event)
         self._task = asyncio.create_task(self._run(), name="fib-manager")

@@ -146,6 +146,7 @@ class NetlinkFib(Fib):
         self.ifnames: dict[int, str] = {}
         self._paths: dict[tuple[int, tuple[NextHop, ...], bool], m.PathBytes] = {}
         self._links_stale = False
+        self.link_up: dict[int, bool] = {}  # as of the last device dump
         # Counters, exported as metrics by whoever owns us.
         self.messages_sent = 0
         self.sendmsg_calls = 0
@@ -190,33 +191,50 @@ class NetlinkFib(Fib):
         seq = self._next_seq()
         for mtype, buf, start, end in self._dump_request(m.pack_link_dump(seq), seq):
             if mtype == m.RTM_NEWLINK:
-                index, name, _up = m.parse_link(buf, start, end)
+                index, name, up = m.parse_link(buf, start, end)
                 links[name] = index
+                self.link_up[index] = up
         self.links = links
         self.ifnames = {i: n for n, i in links.items()}
 
     async def _dump(self, table: int) -> list[KernelRoute]:
         for attempt in range(5):
             try:
-                return self.dump_sync(table)
+                out: list[KernelRoute] = []
+                for n, chunk in enumerate(self._dump_chunks(table)):
+                    out.extend(chunk)
+                    if n % 8 == 7:
+                        # A 500k-route dump takes seconds to parse: let keepalives through.
+                        await asyncio.sleep(0)
+                return out
             except InterruptedError:
                 await asyncio.sleep(0.01 * (attempt + 1))
         return self.dump_sync(table)
 
     def dump_sync(self, table: int | None = None) -> list[KernelRoute]:
         """Every IPv4 and IPv6 route in ``table`` (default ours), every protocol."""
+        return [kr for chunk in self._dump_chunks(table) for kr in chunk]
+
+    def _dump_chunks(self, table: int | None) -> Iterable[list[KernelRoute]]:
+        """The routes of ``table``, one list per received datagram (a few hundred)."""
         table = self.table if table is None else table
         table8 = table if table < 256 else 252  # RT_TABLE_COMPAT: the real id is in RTA_TABLE
-        out: list[KernelRoute] = []
         for version in (4, 6):
             seq = self._next_seq()
+            chunk: list[KernelRoute] = []
+            last_buf: bytes | None = None
             for mtype, buf, start, end in self._dump_request(m.pack_route_dump(version, seq), seq):
+                if buf is not last_buf and chunk:
+                    yield chunk
+                    chunk = []
+                last_buf = buf
                 if mtype != m.RTM_NEWROUTE or buf[start + 4] != table8:
                     continue
                 kr = m.parse_route(buf, start, end, self.ifnames)
                 if kr is not None and kr.table == table:
-                    out.append(kr)
-        return out
+                    chunk.append(kr)
+            if chunk:
+                yield chunk
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -388,7 +406,9 @@ class NetlinkFib(Fib):
                 if removed:
                     self.links.pop(name, None)
                     self.ifnames.pop(index, None)
+                    self.link_up.pop(index, None)
                 elif name:
                     self.links[name] = index
                     self.ifnames[index] = name
+                    self.link_up[index] = up
                 yield LinkEvent(index, name, up and not removed, removed)

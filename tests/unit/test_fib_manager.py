@@ -334,3 +334,25 @@ def test_route_orders_its_next_hops_and_rejects_bad_input():
             assert why in str(exc)
         else:
             raise AssertionError(f"accepted: {why}")
+
+
+async def test_link_down_makes_its_gateways_unreachable_and_up_restores_them():
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24", index=2)
+    connected(fake, "198.18.1.0/24", index=3, device="eth1")
+    calls = []
+    mgr = await started(fake, on_reachability=lambda v, g, ok: calls.append((v, g, ok)))
+    mgr.update(r("10.244.1.0/26", "198.18.0.2", "198.18.1.2"))
+    mgr.converged()
+    await mgr.settle()
+    fake.link(2, "eth0", up=False)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls == [(4, gw("198.18.0.2"), False)]
+    assert fake.ours_in_kernel()[parse_prefix("10.244.1.0/26")] == r("10.244.1.0/26", "198.18.1.2")
+    fake.link(2, "eth0", up=True)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls[-1] == (4, gw("198.18.0.2"), True)
+    assert len(fake.ours_in_kernel()[parse_prefix("10.244.1.0/26")].nexthops) == 2
+    await mgr.stop()
