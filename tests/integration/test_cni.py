@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 
+from agent import cni
 from agent.endpoint import HOST_MAC, veth_name
 from agent.endpoints import wep_key
+from bgpd.datastore.resources import ResourceStore
 from bgpd.datastore.sqlite import SqliteDatastore
+from bgpd.datastore.url import open_datastore
 from bgpd.model import from_dict, to_dict
 from tests.lab import Lab, Netns, missing, require_binary
 
@@ -452,3 +455,44 @@ async def test_repeated_add_and_late_del_of_an_old_sandbox(lab: Lab) -> None:
         assert kv is not None and json.loads(kv.value)["spec"]["containerID"] == "new"
     finally:
         await store.close()
+
+
+async def test_add_del_on_etcd(lab: Lab, etcd_server: Any) -> None:
+    """The plugin on the etcd backend (a real etcd). It runs in-process here because etcd
+    listens on the root namespace's loopback; the host side still lives in a lab namespace."""
+    host = make_host(lab)
+    setup = open_datastore(etcd_server.url)
+    try:
+        pool = from_dict({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                          "metadata": {"name": "p"}, "spec": {"cidr": "100.64.0.0/16"}})  # fmt: skip
+        await ResourceStore(setup).apply(pool)
+    finally:
+        await setup.close()
+    conf = {**single(lab.tmp / "unused.db"), "datastore": etcd_server.url}
+    pods = [lab.netns(forwarding=False) for _ in range(2)]
+    results = []
+    for i, pod in enumerate(pods):
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"etcd{i}", "CNI_IFNAME": "eth0",
+               "CNI_NETNS": f"/var/run/netns/{pod.name}"}  # fmt: skip
+        rc, out = await cni.run(env, json.dumps(conf).encode(), host_netns=host.name)
+        assert rc == 0, out
+        results.append(out)
+    a, b = (r["ips"][0]["address"].split("/")[0] for r in results)
+    assert a != b and a.startswith("100.64.") and b.startswith("100.64.")
+    assert pods[0].ping(b) and pods[1].ping(a)
+
+    check = open_datastore(etcd_server.url)
+    try:
+        kvs, _ = await check.list("/routemesh/v1/resources/WorkloadEndpoint/")
+        assert len(kvs) == 2
+        for i, pod in enumerate(pods):
+            env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"etcd{i}", "CNI_IFNAME": "eth0",
+                   "CNI_NETNS": f"/var/run/netns/{pod.name}"}  # fmt: skip
+            for _ in range(2):
+                rc, out = await cni.run(env, json.dumps(conf).encode(), host_netns=host.name)
+                assert (rc, out) == (0, None)
+        assert (await check.list("/routemesh/v1/resources/WorkloadEndpoint/"))[0] == []
+        assert (await check.list("/routemesh/v1/ipam/handles/"))[0] == []
+    finally:
+        await check.close()
+    assert "cali" not in host.ip("link").stdout
