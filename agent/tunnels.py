@@ -457,6 +457,9 @@ async def run_vtep_resync(
                     log.info("VTEP resync: added %s, removed %s", report.added, report.removed)
             except (LookupError, DatastoreError, NetlinkError, OSError) as exc:
                 log.warning("VTEP resync failed: %s", exc)
+            except Exception:
+                # A resync loop that dies leaves stale tunnels forever; log and carry on.
+                log.exception("VTEP resync failed unexpectedly")
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
             _done, pending = await asyncio.wait(
                 waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
