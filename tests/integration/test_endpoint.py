@@ -243,3 +243,16 @@ async def test_agent_resync_repairs_recorded_and_removes_unrecorded_after_grace(
     assert leak_if not in links(host) and a_if in links(host)
     third = await resync.run_once()
     assert (third.repaired, third.removed, third.pending) == ({}, [], [])
+
+
+async def test_netns_given_as_a_proc_path(lab: Lab) -> None:
+    # Docker-style runtimes name the sandbox by /proc/<pid>/ns/net rather than a bind mount.
+    host, wl = make_host(lab), lab.netns(forwarding=False)
+    holder = wl.popen(["sleep", "600"])
+    path = f"/proc/{holder.pid}/ns/net"
+    dp = EndpointDataplane(host_netns=host.name)
+    spec = EndpointSpec("default", "procpath", path, (V4,))
+    plumbed = await dp.create(spec)
+    assert links(wl)["eth0"]["address"] == plumbed.mac
+    assert await dp.check(spec) == []
+    assert wl.ping("198.18.0.1")
