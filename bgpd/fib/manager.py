@@ -22,8 +22,16 @@ from collections.abc import Callable, Iterable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.nexthop import NextHopResolver
-from bgpd.fib.reconcile import Conflict, plan, same_route
-from bgpd.fib.types import MAIN_TABLE, NextHop, Prefix, Route, RouteError, addr_str
+from bgpd.fib.reconcile import STEP, Conflict, plan_steps, same_route
+from bgpd.fib.types import (
+    MAIN_TABLE,
+    KernelRoute,
+    NextHop,
+    Prefix,
+    Route,
+    RouteError,
+    addr_str,
+)
 
 log = logging.getLogger("bgpd.fib")
 
@@ -342,13 +350,22 @@ class FibManager:
             main = kernel if self.fib.table == MAIN_TABLE else await self.fib.dump(MAIN_TABLE)
             self.resolver.load(main)
             self._recheck_gateways(requeue=False)
-        self._load(kernel)
+        await self._load_sliced(kernel)
         desired = {}
-        for prefix, route in self.desired.items():
+        for n, (prefix, route) in enumerate(self.desired.items(), 1):
             want = self._effective(route)
             if want is not None:
                 desired[prefix] = want
-        p = plan(desired, kernel, self.fib.protocol, prune=self._converged)
+            if n % STEP == 0:
+                await asyncio.sleep(0)
+        steps = plan_steps(desired, kernel, self.fib.protocol, prune=self._converged)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                p = done.value
+                break
+            await asyncio.sleep(0)
         if not self._converged:
             # Even before convergence, a route we want but cannot reach must not stay.
             p.deletes = [x for x in self.installed if x in self.desired and x not in desired]
@@ -388,9 +405,17 @@ class FibManager:
                 len(p.conflicts),
             )
 
-    def _load(self, kernel: Iterable) -> None:
-        self.installed = {}
-        self.foreign = {}
+    async def _load_sliced(self, kernel: list[KernelRoute]) -> None:
+        for i in range(0, len(kernel), STEP):
+            self._load(kernel[i : i + STEP], reset=i == 0)
+            await asyncio.sleep(0)
+        if not kernel:
+            self._load((), reset=True)
+
+    def _load(self, kernel: Iterable[KernelRoute], *, reset: bool = True) -> None:
+        if reset:
+            self.installed = {}
+            self.foreign = {}
         for kr in kernel:
             if kr.protocol == self.fib.protocol:
                 self.installed[kr.prefix] = kr.route
