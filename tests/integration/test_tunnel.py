@@ -7,6 +7,9 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,17 +18,22 @@ from agent.mtu import detect_host_mtu, publish_workload_mtu, read_mtu_file, work
 from agent.tunnels import (
     NODE_PREFIX,
     VXLAN_NAME,
+    IPAddress,
     Tunnels,
     Vtep,
     VxlanConfig,
     resync_vteps,
     run_vtep_resync,
     tunnel_mtu,
+    vtep_address,
     vtep_mac,
 )
 from bgpd.datastore.memory import MemoryDatastore
+from bgpd.datastore.resources import ResourceStore
+from bgpd.datastore.sqlite import SqliteDatastore
 from bgpd.model import from_dict, to_dict
-from tests.lab import Lab, Netns, require_link_kind
+from ipam import Ipam
+from tests.lab import Lab, Netns, missing, require_link_kind
 
 pytestmark = pytest.mark.root
 
@@ -280,3 +288,78 @@ async def test_published_mtu_follows_the_uplink_and_encapsulation(lab: Lab) -> N
     host.link_up("uplink2")
     assert await publish_workload_mtu(["ipip"], path=path, netns=host.name) == 1480
     assert read_mtu_file(path) == 1480
+
+
+async def test_pods_on_two_hosts_talk_over_vxlan(lab: Lab) -> None:
+    """The agent's parts together on two hosts sharing one datastore: VTEP addresses from
+    IPAM, Node records, vxlan.calico with entries from the Nodes, the published MTU, pods
+    made by the real CNI plugin. The block routes stand in for what the BGP FIB installs."""
+    require_link_kind("vxlan")
+    plugin = Path(sys.executable).parent / "routemesh-cni"
+    if not os.access(plugin, os.X_OK):
+        missing(f"{plugin} not installed (pip install -e .)")
+    a, b, uplinks = two_hosts(lab)
+    hosts = {"node-a": (a, "198.18.0.1", uplinks[0]), "node-b": (b, "198.18.0.2", uplinks[1])}
+    db = lab.tmpdir("store") / "store.db"
+    store = SqliteDatastore(db)
+    resources = ResourceStore(store)
+    vteps: dict[str, IPAddress] = {}
+    try:
+        await resources.apply(from_dict({
+            "apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "vx"},
+            "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "vxlanMode": "Always"},
+        }))  # fmt: skip
+        for node, (ns, underlay, uplink) in hosts.items():
+            vteps[node] = await vtep_address(Ipam(store, node), node, None)
+            await resources.apply(from_dict({
+                "apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": node},
+                "spec": {"bgp": {"ipv4Address": f"{underlay}/24"},
+                         "ipv4VXLANTunnelAddr": str(vteps[node]),
+                         "vxlanTunnelMACAddr": vtep_mac(node)},
+            }))  # fmt: skip
+            host_mtu = await detect_host_mtu(netns=ns.name)
+            cfg = VxlanConfig(ip(underlay), vteps[node], vtep_mac(node),
+                              tunnel_mtu(host_mtu, "vxlan"), uplink)  # fmt: skip
+            assert (await Tunnels(netns=ns.name).ensure_vxlan(cfg)).status
+        for node, (ns, _u, _l) in hosts.items():
+            report = await resync_vteps(Tunnels(netns=ns.name), store, node)
+            assert len(report.added) == 2
+    finally:
+        await store.close()
+
+    pods: dict[str, tuple[Netns, str]] = {}
+    for node, (ns, _u, _l) in hosts.items():
+        mtu_file = lab.tmpdir(f"mtu-{node}") / "mtu"
+        assert await publish_workload_mtu(["vxlan"], path=mtu_file, netns=ns.name) == 1450
+        conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "routemesh-cni",
+                "datastore": f"sqlite://{db}", "nodename": node, "mtu": 0,
+                "mtu_file": str(mtu_file), "ipam": {"type": "routemesh-cni"}}  # fmt: skip
+        pod = lab.netns(forwarding=False)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "ADD",
+               "CNI_CONTAINERID": f"pod-{node}", "CNI_IFNAME": "eth0",
+               "CNI_NETNS": f"/var/run/netns/{pod.name}", "CNI_PATH": "/usr/lib/cni"}  # fmt: skip
+        res = ns.run([str(plugin)], input=json.dumps(conf), env=env, check=False, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        address = json.loads(res.stdout)["ips"][0]["address"].split("/")[0]
+        assert json.loads(pod.ip("-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1450
+        pods[node] = (pod, address)
+
+    store = SqliteDatastore(db)
+    try:
+        for node, (ns, _u, _l) in hosts.items():
+            other = "node-b" if node == "node-a" else "node-a"
+            for block in await Ipam(store, node).host_blocks(other):
+                ns.ip("route", "replace", str(block), "via", str(vteps[other]),
+                      "dev", VXLAN_NAME, "onlink")  # fmt: skip
+    finally:
+        await store.close()
+
+    (pod_a, addr_a), (pod_b, addr_b) = pods["node-a"], pods["node-b"]
+    before = link_stats(a, VXLAN_NAME)["tx"]["packets"]
+    assert pod_a.ping(addr_b, count=2), "pod on node-a cannot reach the pod on node-b"
+    assert pod_b.ping(addr_a, count=2)
+    assert link_stats(a, VXLAN_NAME)["tx"]["packets"] >= before + 2
+    # Full-size packets fit: 1450 on the pod is what the tunnel can carry without fragments.
+    big = pod_a.run(["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", addr_b],
+                    check=False)  # fmt: skip
+    assert big.returncode == 0, big.stdout + big.stderr
