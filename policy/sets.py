@@ -46,10 +46,13 @@ class SetKey:
         return f"cali{self.version}0{_LETTER[self.kind]}:{tail}"
 
 
-def normal_net(net: str) -> str:
-    """How `ipset list` prints a member: the network address, no /32 or /128."""
+def normal_net(net: str) -> tuple[str, ...]:
+    """How `ipset list` prints a member: the network address, no /32 or /128. hash:net
+    cannot hold a /0, so "everything" becomes its two halves."""
     n = ipaddress.ip_network(net, strict=False)
-    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+    if n.prefixlen == 0:
+        return tuple(str(half) for half in n.subnets(prefixlen_diff=1))
+    return (str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n),)
 
 
 class SetMatcher:
@@ -117,12 +120,13 @@ class SetMatcher:
         if not self._in_scope(ns.namespace, ns_labels) or not self.selector.evaluate(ns.labels):
             return ()
         return tuple(
-            normal_net(n)
+            member
             for n in ns.nets
             if ipaddress.ip_network(n, strict=False).version == key.version
+            for member in normal_net(n)
         )
 
     def static_members(self) -> tuple[str, ...]:
         if self.key.kind != "nets":
             return ()
-        return tuple(normal_net(n) for n in self.key.nets)
+        return tuple(member for n in self.key.nets for member in normal_net(n))

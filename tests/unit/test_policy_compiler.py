@@ -704,3 +704,19 @@ def test_endpoint_without_interface_fills_sets_but_gets_no_chains() -> None:
     rs = build(text, (WEB, DB, pending)).ruleset()
     assert not any(name.endswith("-") for name in rs.chains)
     assert allowed(ingress(rs, WEB, "10.244.1.77"))
+
+
+def test_everything_in_a_set_is_stored_as_two_halves() -> None:
+    text = (
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\n"
+        "metadata: {name: internet, labels: {net: internet}}\nspec: {nets: [0.0.0.0/0, '::/0']}\n---\n"
+        + gnp(
+            "deny-internet",
+            "selector: all()\ningress:\n- action: Deny\n  source: {selector: net == 'internet'}\n- action: Deny\n  source: {nets: [0.0.0.0/0, 10.0.0.0/8]}\n",
+        )
+    )
+    rs = build(text).ruleset()
+    members = {m for s in rs.ipsets.values() for m in s.members}
+    assert {"0.0.0.0/1", "128.0.0.0/1", "10.0.0.0/8"} <= members
+    assert not any(m.endswith("/0") for m in members) and not any(":" in m for m in members)
+    assert not allowed(ingress(rs, WEB, "203.0.113.9"))
