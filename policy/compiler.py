@@ -499,6 +499,10 @@ class PolicyCompiler:
                 out[rid] = eff
         return out
 
+    def policies_of(self, ep_key: str) -> set[str]:
+        """Keys of the policies whose selectors pick this endpoint, applied or not."""
+        return set(self._ep_policies.get(ep_key, ()))
+
     def is_local(self, ep: Endpoint) -> bool:
         """Endpoints of other nodes feed ipsets only; local ones also get chains."""
         return self.node is None or ep.node is None or ep.node == self.node

@@ -58,7 +58,8 @@ class Explanation:
 
 
 def _direction_lines(compiler: PolicyCompiler, ep: Endpoint, direction: str) -> list[str]:
-    included = compiler.included()
+    problems: dict[str, str] = {}
+    included = compiler.included(problems)
     plans = compiler.tier_plans(ep.key, direction, included)
     out = [f"{direction}:"]
     n = 0
@@ -71,6 +72,11 @@ def _direction_lines(compiler: PolicyCompiler, ep: Endpoint, direction: str) -> 
             out.append(f"    {n}. policy {display} (order {order}) -> {chain}")
     if not plans:
         out.append("  no policy selects this endpoint")
+    for key in sorted(compiler.policies_of(ep.key)):
+        p = compiler.policies[key]
+        if key in problems and direction.capitalize() in p.types:
+            state = "its last good version is applied" if f"policy:{key}" in included else ""
+            out.append(f"  NOT APPLIED: policy {p.display}: {problems[key]} {state}".rstrip())
     kind = "pri" if direction == "ingress" else "pro"
     for name in ep.profiles:
         state = "" if f"profile:{name}" in included else " (missing: matches nothing)"

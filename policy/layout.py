@@ -1,5 +1,11 @@
-"""Calico's chain layout under our `cali-` prefix: the top-level chains, the dispatch chains,
-per-endpoint chains (tiers, then profiles) and failsafes. Chain names are stable per resource."""
+"""Calico's chain layout: the top-level chains, the dispatch chains, per-endpoint chains
+(tiers, then profiles) and failsafes. Chain names are stable per resource.
+
+We use Calico's own `cali-` prefix (ipsets `cali40`/`cali60`) on purpose: operators read the
+same `cali-FORWARD`, `cali-tw-<iface>` and `cali-pi-<policy>` in `iptables-save` as on a
+Calico node. The price is that Felix and our agent cannot run on the same host; both would
+own every `cali-` chain.
+"""
 
 from __future__ import annotations
 

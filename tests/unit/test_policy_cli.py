@@ -151,3 +151,19 @@ def test_explain_reads_the_datastore_without_f(capsys, tmp_path: Path) -> None:
 def test_explain_with_an_unreachable_datastore_exits_1(capsys, tmp_path: Path) -> None:
     rc, _, err = run(capsys, "x", "--datastore", "bogus://nowhere")
     assert rc == 1 and "bogus" in err
+
+
+def test_explain_shows_a_policy_that_could_not_be_rendered(capsys, files, tmp_path: Path) -> None:
+    ghost = tmp_path / "ghost.yaml"
+    ghost.write_text(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: ghost}\n"
+        "spec:\n  order: 1\n  selector: all()\n  ingress:\n  - action: Deny\n    protocol: TCP\n"
+        "    destination: {ports: [nosuchport]}\n"
+    )
+    rc, out, _ = run(capsys, "pod-a", *files, "-f", str(ghost))
+    assert rc == 0
+    assert (
+        "  NOT APPLIED: policy ghost: named port tcp/nosuchport is not exposed by any endpoint"
+        in out.splitlines()
+    )
+    assert "policy ghost (order" not in out
