@@ -87,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rnd in range(args.runs):
         for scenario, dut, fn in steps:
             t0 = time.monotonic()
-            res = fn()
+            try:
+                res = fn()
+            except Exception as exc:  # one broken run must not lose the others' figures
+                res = RunResult(failures=[f"harness error: {exc!r}"])
             results.add(scenario, dut, res)
             took = time.monotonic() - t0
             brief = ", ".join(f"{k}={v:g}" for k, v in res.metrics.items()) or "no figures"

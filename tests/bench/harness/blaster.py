@@ -135,7 +135,7 @@ class _Completion:
 async def run_rr(args: argparse.Namespace) -> int:
     ctx = CodecContext()
     locals_ = args.locals.split(",")
-    nh = int(ipaddress.IPv4Address(locals_[0]))
+    nh = int(ipaddress.IPv4Address(args.next_hop or locals_[0]))
     attrs = feeds.base_attributes(args.asn, ebgp=False)
     announce = feeds.chunks(feeds.feed(args.feed, ctx, args.prefixes, nh, attrs))
     withdraw = feeds.chunks(feeds.withdraw_updates(ctx, args.prefixes))
@@ -202,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ing.add_argument("--local", required=True, help="our source address")
     ing.add_argument("--peer-asn", type=int, required=True)
     ing.add_argument("--next-hop", help="default: --local")
-    sub.choices["rr"].add_argument("--locals", required=True, help="client addresses, a,b,c")
+    rr = sub.choices["rr"]
+    rr.add_argument("--locals", required=True, help="client addresses, a,b,c")
+    rr.add_argument("--next-hop", help="default: the first client's address")
     args = p.parse_args(argv)
     runner = run_ingest if args.mode == "ingest" else run_rr
     return asyncio.run(runner(args))

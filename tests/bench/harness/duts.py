@@ -83,6 +83,10 @@ class Dut:
     def log_tail(self) -> str:
         raise NotImplementedError
 
+    def poke(self) -> None:
+        """Called while waiting on the DUT's peers; BIRD needs it (see BirdDut.poke)."""
+        return None
+
     @staticmethod
     def version() -> str:
         raise NotImplementedError
@@ -108,8 +112,12 @@ class _BirdDaemon(BirdPeer):
         d = self.dut
         lines = [f"router id {d.address};", "log stderr { warning, error, fatal };"]
         lines.append("protocol device { scan time 60; }")
+        # Connected routes let BIRD resolve iBGP next hops (reflected routes) recursively.
+        lines.append("protocol direct { ipv4; }")
         if d.fib:
             lines.append("protocol kernel { ipv4 { import none; export all; }; scan time 60; }")
+        # Only BGP routes: the connected routes of `protocol direct` are not part of the feed.
+        export = "where source = RTS_BGP" if d.export else "none"
         for nb in d.neighbors:
             rr = nb.rr_client and d.cluster_id
             lines += [
@@ -119,7 +127,7 @@ class _BirdDaemon(BirdPeer):
                 f"  hold time {HOLD_TIME}; keepalive time {HOLD_TIME // 3};",
                 "  passive on;",
                 *([f"  rr client; rr cluster id {d.cluster_id};"] if rr else []),
-                f"  ipv4 {{ import all; export {'all' if d.export else 'none'}; }};",
+                f"  ipv4 {{ import all; export {export}; }};",
                 "}",
             ]
         return "\n".join(lines) + "\n"
@@ -144,6 +152,11 @@ class BirdDut(Dut):
 
     def log_tail(self) -> str:
         return self.daemon.log_tail()
+
+    def poke(self) -> None:
+        # BIRD 2.0.12 can sit on its last partial UPDATE for seconds until its CLI is used
+        # (issue 9's pitfalls); the figures of issue 9 were taken with the CLI being poked.
+        self.daemon.birdc("show", "status", check=False)
 
     @staticmethod
     def version() -> str:

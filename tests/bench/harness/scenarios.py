@@ -7,6 +7,7 @@ report.py turns several runs into medians and ratios.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ def _record(res: RunResult, key: str, t: float | None, start: float, why: str | 
         res.metrics[key] = round(t - start, 3)
     elif why:
         res.na[key] = why
-        if why.startswith("timeout") and not key.endswith("fib_s"):
+        if why.startswith("session reset") or (why.startswith("timeout") and "fib" not in key):
             res.failures.append(f"{key}: {why}")
 
 
@@ -233,14 +234,11 @@ class _BirdSource(BirdPeer):
     def established_at(self) -> float | None:
         """Wall-clock time the session came up, from BIRD's own ms timestamp."""
         out = self.birdc("show", "protocols", "dut")
-        for line in out.splitlines():
-            parts = line.split()
-            if parts and parts[0] == "dut" and "Established" in line:
-                stamp = " ".join(parts[3:5])
-                return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(
-                    "0" + stamp[19:]
-                )
-        return None
+        m = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d+)?\s+Established", out)
+        if m is None:
+            return None
+        whole = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+        return whole + float("0" + (m.group(2) or ""))
 
 
 def bird_source_run(dut_name: str, feed: str, prefixes: int, timeout: float) -> RunResult:
@@ -267,7 +265,8 @@ def bird_source_run(dut_name: str, feed: str, prefixes: int, timeout: float) -> 
 
             def failed() -> list[str]:
                 source.birdc("show", "status")  # the poke
-                return [] if source.is_established(DUT_ADDR) else ["BIRD source session down"]
+                up = "Established" in source.birdc("show", "protocols", "dut")
+                return [] if up else ["BIRD source session down"]
 
             t_rib, t_fib, why_rib, why_fib = poller.until(
                 lambda n: n >= prefixes, lambda n: n >= prefixes, timeout, failed
@@ -307,14 +306,14 @@ def rr_run(dut_name: str, clients: int, prefixes: int, timeout: float) -> RunRes
         topo = build_topology(lab, clients)
         neighbors = [DutNeighbor(a, DUT_ASN, rr_client=True) for a in topo.clients]
         try:
-            dut = _start_dut(dut_name, topo, neighbors, cluster_id=DUT_ADDR, fib=False)
+            dut = _start_dut(dut_name, topo, neighbors, cluster_id=DUT_ADDR, fib=False, export=True)
         except DutUnavailable as exc:
             res.na["all"] = str(exc)
             return res
         blaster = BlasterProcess(
             topo.src,
             ["rr", "--peer", DUT_ADDR, "--locals", ",".join(topo.clients),
-             "--asn", str(DUT_ASN), "--prefixes", str(prefixes)],
+             "--asn", str(DUT_ASN), "--prefixes", str(prefixes), "--next-hop", SRC_ADDR],
             lab.tmp / "clients.log",
         )  # fmt: skip
         try:
@@ -325,14 +324,14 @@ def rr_run(dut_name: str, clients: int, prefixes: int, timeout: float) -> RunRes
             cpu0 = procstat.total_cpu_seconds(pids)
             blaster.command("announce")
             t0 = blaster.wait("announce_start", timeout=30)["t"]
-            t_all = _wait_clients(blaster, "all_received", timeout)
+            t_all = _wait_clients(dut, blaster, "all_received", timeout)
             res.metrics["all_clients_s"] = round(t_all - t0, 3)
             res.metrics["cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu0, 2)
             res.metrics["peak_rss_mib"] = round(procstat.total_peak_rss_mib(pids), 1)
             cpu1 = procstat.total_cpu_seconds(pids)
             blaster.command("withdraw")
             t1 = blaster.wait("withdraw_start", timeout=30)["t"]
-            t_none = _wait_clients(blaster, "all_withdrawn", timeout)
+            t_none = _wait_clients(dut, blaster, "all_withdrawn", timeout)
             res.metrics["withdraw_all_clients_s"] = round(t_none - t1, 3)
             res.metrics["withdraw_cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu1, 2)
         except (BlasterError, LabError) as exc:
@@ -347,16 +346,21 @@ def rr_run(dut_name: str, clients: int, prefixes: int, timeout: float) -> RunRes
     return res
 
 
-def _wait_clients(blaster: BlasterProcess, event: str, timeout: float) -> float:
+def _wait_clients(dut: Dut, blaster: BlasterProcess, event: str, timeout: float) -> float:
     """Wait for ``event``; give up early when the clients' counts stop moving."""
     deadline = time.monotonic() + timeout
     last, last_change = None, time.monotonic()
+    next_status = time.monotonic() + 1.0
     while True:
         try:
-            return blaster.wait(event, timeout=1.0)["t"]
+            return blaster.wait(event, timeout=0.1)["t"]
         except BlasterError as exc:
             if "within" not in str(exc):
                 raise
+        dut.poke()
+        if time.monotonic() < next_status:
+            continue
+        next_status = time.monotonic() + 1.0
         blaster.command("status")
         counts = blaster.wait("status", timeout=10)["counts"]
         if counts != last:

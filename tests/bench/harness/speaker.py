@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from bgpd.speaker.capabilities import FourOctetAS, Multiprotocol, RouteRefresh
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.messages import Open, decode_open, decode_update, encode_notification, encode_open
-from bgpd.speaker.types import IPV4_UNICAST
-from tests.bench.harness.feeds import NLRI_BYTES, PREFIX_LEN
+from bgpd.speaker.types import IPV4_UNICAST, NLRI
+from tests.bench.harness.feeds import MAX_PREFIXES, NLRI_BYTES, POOL_BASE, PREFIX_LEN
 
 KEEPALIVE = b"\xff" * 16 + b"\x00\x13\x04"
 MSG_OPEN, MSG_UPDATE, MSG_NOTIFICATION, MSG_KEEPALIVE = 1, 2, 3, 4
@@ -30,7 +30,8 @@ def count_update(body: bytes) -> tuple[int, int]:
     """(announced, withdrawn) prefix counts of one IPv4 UPDATE body.
 
     Benchmark feeds use /29s only, so a field of /29 entries is counted from its length; any
-    other shape (MP_REACH, other lengths) falls back to the full decoder.
+    other shape (MP_REACH, other lengths) falls back to the full decoder, which counts only
+    the feed's prefixes.
     """
     wlen = (body[0] << 8) | body[1]
     alen = (body[2 + wlen] << 8) | body[3 + wlen]
@@ -42,9 +43,15 @@ def count_update(body: bytes) -> tuple[int, int]:
         return nlen // NLRI_BYTES, wlen // NLRI_BYTES
     upd = decode_update(bytes(body), _CTX)
     return (
-        sum(len(v) for v in upd.announce.values()),
-        sum(len(v) for v in upd.withdraw.values()),
+        sum(1 for v in upd.announce.values() for n in v if in_feed(n)),
+        sum(1 for v in upd.withdraw.values() for n in v if in_feed(n)),
     )
+
+
+def in_feed(nlri: NLRI) -> bool:
+    """Whether a prefix is one of the benchmark feed's (a DUT may add its own routes)."""
+    addr, plen = nlri[0], nlri[1]
+    return plen == PREFIX_LEN and POOL_BASE <= addr < POOL_BASE + (MAX_PREFIXES << 3)
 
 
 class SessionFailed(Exception):
