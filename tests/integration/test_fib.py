@@ -104,10 +104,24 @@ async def test_100k_ipv4_and_10k_ipv6_installed_with_our_protocol_then_removed(l
         Route((6, (0xFD00_0010_0244 << 80) | (i << 64), 64), (NextHop(gw("fd00:198:18::2")),))
         for i in range(10_000)
     ]
+    ticks = 0
+    done = asyncio.Event()
+
+    async def keepalive_like() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(keepalive_like())
     for r in v4 + v6:
         mgr.update(r)
     mgr.converged()
     await mgr.settle()
+    done.set()
+    await ticker
+    assert mgr.apply_batches >= 55  # 110k routes in slices of 2,000
+    assert ticks >= mgr.apply_batches, "other tasks must run between the slices"
     assert mgr.netlink_errors == 0, list(mgr.recent_errors)[:3]
     assert fib_trie_prefixes(ns) == base + 100_000
     got4, got6 = kernel(ns, 4), kernel(ns, 6)
