@@ -177,7 +177,7 @@ class PolicySync:
                     await self.apply()
                     next_resync = time.monotonic() + self.resync_interval
                     continue
-                changed = self._event(get.result())
+                changed = self._safe_event(get.result())
                 changed |= await self._drain(events)
                 if changed or self._must_reconcile:
                     await self.apply()
@@ -192,4 +192,12 @@ class PolicySync:
                 ev = await asyncio.wait_for(events.get(), timeout=self.batch_delay)
             except TimeoutError:
                 return changed
-            changed |= self._event(ev)
+            changed |= self._safe_event(ev)
+
+    def _safe_event(self, ev: ResourceEvent) -> bool:
+        # One bad resource must not stop policy for everything else.
+        try:
+            return self._event(ev)
+        except Exception:
+            log.exception("policy: cannot use %s %s/%s", ev.kind.KIND, ev.namespace, ev.name)
+            return False
