@@ -165,9 +165,8 @@ class Daemon:
         self._worker: asyncio.Task[None] | None = None
         self._defer_timer: asyncio.TimerHandle | None = None
         self._converging = False
-        local_attrs = PathAttributes(origin=ORIGIN_IGP)
         for org in config.originate:
-            self.loc_rib.update(org.family, org.prefix, RibPath(LOCAL_SOURCE, local_attrs, ()))
+            self.originate(org.family, [org.prefix])
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -591,6 +590,19 @@ class Daemon:
         if s.config.restarting:
             s.config = replace(s.config, restarting=False)
             s.local_open = build_open(s.config)
+
+    def originate(self, fam: Family, prefixes: list[Prefix]) -> None:
+        """Announce locally originated prefixes (as [[originate]] does), at run time."""
+        attrs = self.interner.intern(PathAttributes(origin=ORIGIN_IGP))
+        for prefix in prefixes:
+            self.loc_rib.update(fam, prefix, RibPath(LOCAL_SOURCE, attrs, ()))
+        self._work.set()
+
+    def withdraw_origin(self, fam: Family, prefixes: list[Prefix]) -> None:
+        """Stop originating prefixes announced with `originate` or [[originate]]."""
+        for prefix in prefixes:
+            self.loc_rib.withdraw(fam, prefix, LOCAL_SOURCE.key, 0)
+        self._work.set()
 
     def reachability_changed(self) -> None:
         """Re-run the decision for every prefix (next-hop reachability changed)."""

@@ -69,18 +69,21 @@ class EncodeCache:
         return got
 
 
+GroupExport = tuple[Prefix, list[tuple[int, Path, Exported]], Sent]
+
+
 def _group_exports(
     fam: Family,
     changes: list[Change],
     policy: ExportPolicy,
     local: LocalView,
     interner: AttrInterner,
-) -> list[tuple[Prefix, list[tuple[int, Path, Exported]]]]:
+) -> list[GroupExport]:
     """Per prefix, every path this policy would send with what it would send (own excluded later)."""
     flt = policy.export_filter
     per_attrs = flt is None or flt.prefix_independent
     cache: dict[tuple[int, int, tuple[int, ...]], Exported | None] = {}
-    out: list[tuple[Prefix, list[tuple[int, Path, Exported]]]] = []
+    out: list[GroupExport] = []
     addpath = policy.addpath
     for prefix, dest in changes:
         sends: list[tuple[int, Path, Exported]] = []
@@ -98,7 +101,9 @@ def _group_exports(
                     r = _intern(export_path(p, prefix, policy, local), interner)
                 if r is not None:
                     sends.append((p.tx_id if addpath else 0, p, r))
-        out.append((prefix, sends))
+        # The Adj-RIB-Out value for members that own none of the paths: one shared tuple, so
+        # 100 clients holding the same route cost one object, not 100.
+        out.append((prefix, sends, tuple((tx, r[0], r[1]) for tx, _, r in sends)))
     return out
 
 
@@ -140,7 +145,7 @@ def export_changes(
 
 def _member_diff(
     fam: Family,
-    exports: list[tuple[Prefix, list[tuple[int, Path, Exported]]]],
+    exports: list[GroupExport],
     m: Outbound,
     encoder: EncodeCache,
     force: bool,
@@ -151,10 +156,12 @@ def _member_diff(
     ann: dict[tuple[int, tuple[int, ...]], tuple[PathAttributes, list[NLRI]]] = {}
     wd: list[NLRI] = []
     delta = 0
-    for prefix, sends in exports:
-        desired: Sent = tuple(
-            (tx, r[0], r[1]) for tx, p, r in sends if not is_own(p, key, rid)
-        )
+    for prefix, sends, shared in exports:
+        desired: Sent = shared
+        for _, p, _ in sends:
+            if is_own(p, key, rid):
+                desired = tuple((tx, r[0], r[1]) for tx, q, r in sends if not is_own(q, key, rid))
+                break
         old = table.get(prefix, ())
         if desired == old and not force:
             continue
