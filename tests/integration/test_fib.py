@@ -177,6 +177,27 @@ async def test_blackhole_and_custom_table_and_metric(lab):
     await mgr.stop()
 
 
+async def test_onlink_routes_through_a_device_ipv4_and_ipv6(lab):
+    ns = host(lab)  # its veth is eth0
+    mgr = await manager(ns)
+    # Gateways outside every connected network: only `onlink` makes the kernel accept them.
+    for prefix, gateway in (
+        ("10.244.2.0/26", "10.244.2.0"),
+        ("fd00:10:244:2::/64", "fd00:10:244:2::"),
+    ):
+        mgr.update(Route(parse_prefix(prefix), (NextHop(gw(gateway), "eth0", onlink=True),)))
+    await mgr.settle()
+    assert mgr.netlink_errors == 0, list(mgr.recent_errors)
+    for version, prefix, gateway in (
+        (4, "10.244.2.0/26", "10.244.2.0"),
+        (6, "fd00:10:244:2::/64", "fd00:10:244:2::"),
+    ):
+        seen = kernel(ns, version)[prefix]
+        assert seen["dev"] == "eth0" and "onlink" in seen.get("flags", []), seen
+        assert gateways(seen) == [gateway]
+    await mgr.stop()
+
+
 async def test_reconcile_prunes_stale_routes_of_ours_and_leaves_a_static_route(lab):
     ns = host(lab)
     ns.ip("route", "add", "10.244.9.0/26", "via", "198.18.0.9", "proto", str(PROTO))
