@@ -15,7 +15,7 @@ demo: setup
 
 # Benchmarks carry the "slow" marker, which the default addopts deselect; -m overrides that.
 bench: setup
-	$(VENV)/pytest tests/bench -m slow $(ARGS)
+	$(VENV)/python -m tests.bench $(ARGS)
 
 lint: setup
 	$(VENV)/ruff check .
