@@ -13,7 +13,7 @@ test: setup
 demo: setup
 	$(VENV)/routemesh demo
 
-# Benchmarks carry the "slow" marker, which the default addopts deselect; -m overrides that.
+# The issue 9 harness (tests/bench/README.md); slow pytest benchmarks run with pytest -m slow.
 bench: setup
 	$(VENV)/python -m tests.bench $(ARGS)
 
