@@ -174,6 +174,13 @@ async def test_blackhole_and_custom_table_and_metric(lab):
     assert v6["fd00:10:244:5::/64"]["type"] == "blackhole"
     assert v4["10.244.6.0/26"]["metric"] == 20 and gateways(v4["10.244.6.0/26"]) == ["198.18.0.2"]
     assert kernel(ns, 4) == {}  # nothing of ours in main
+    # Tables above 255 travel in RTA_TABLE; our own dump must still find exactly these.
+    dumped = await mgr.fib.dump()
+    assert {(kr.prefix, kr.protocol, kr.metric) for kr in dumped} == {
+        (parse_prefix("10.244.5.0/26"), PROTO, 20),
+        (parse_prefix("fd00:10:244:5::/64"), PROTO, 20),
+        (parse_prefix("10.244.6.0/26"), PROTO, 20),
+    }
     await mgr.stop()
 
 
