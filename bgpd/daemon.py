@@ -233,6 +233,10 @@ class Daemon:
             self._defer_timer.cancel()
         if self._worker is not None:
             self._worker.cancel()
+        # Leave the loop as we found it: several daemons may share one process (tests, bench).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         await self.listener.close()
         if self.control is not None:
             await self.control.close()
