@@ -200,7 +200,8 @@ def test_tenant_isolation_by_ping_and_after_delete_and_reapply(lab: Lab) -> None
 
     c.apply(resources)
     isolated()
-    save = c.hosts[1].run(["iptables-nft-save"]).stdout
+    # The operator's plain `iptables-save` (the nft alternative on Debian) shows our rules.
+    save = c.hosts[1].run(["iptables-save"]).stdout
     assert '-A FORWARD -m comment --comment "cali:hook" -j cali-FORWARD' in save
     assert "cali-pi-allow-within-org-ami" in save
 
