@@ -20,9 +20,8 @@ from tests.lab.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
-EXAMPLES = Path("/work/shared/examples")
-if not EXAMPLES.exists():
-    EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+# The shared Calico example manifests live next to the checkout, as for test_model_examples.
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
 
 # A listener that accepts and closes on every port given; prints "ready" once bound.
 LISTENER = """

@@ -17,9 +17,8 @@ from bgpd.model import GlobalNetworkPolicy, WorkloadEndpoint, load_documents
 from tests.lab.netns import Lab, Netns
 from tests.lab.require import require_binary, require_root
 
-EXAMPLES = Path("/work/shared/examples")
-if not EXAMPLES.exists():
-    EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+# The shared Calico example manifests live next to the checkout, as for test_model_examples.
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
 
 
 async def eventually(probe: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

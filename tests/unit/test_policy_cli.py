@@ -13,9 +13,8 @@ from bgpd.datastore.resources import ResourceStore
 from bgpd.datastore.url import open_datastore
 from bgpd.model import load_documents
 
-EXAMPLES = Path("/work/shared/examples")
-if not EXAMPLES.exists():
-    EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+# The shared Calico example manifests live next to the checkout, as for test_model_examples.
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
 
 ENDPOINTS = """
 apiVersion: projectcalico.org/v3
