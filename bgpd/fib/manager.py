@@ -84,6 +84,9 @@ class FibManager:
         self._inflight: set[Prefix] = set()
         self._gw_users: dict[tuple[int, int], set[Prefix]] = {}
         self._gw_via: dict[tuple[int, int], int | None] = {}
+        # Gateways the RIB asked about through reachable(): it must hear when they come back,
+        # even though no route of ours uses them while they are unreachable.
+        self._watched: set[tuple[int, int]] = set()
         self._link_up: dict[int, bool] = {}
         self._converged = False
         self._resync_wanted = False
@@ -144,7 +147,14 @@ class FibManager:
     def reachable(self, version: int, gateway: int) -> bool:
         """Whether ``gateway`` resolves through the kernel's other routes now (for the RIB's
         next-hop check; ``on_reachability`` reports changes)."""
-        return self.resolver is None or self.resolver.resolve(version, gateway) is not None
+        if self.resolver is None:
+            return True
+        key = (version, gateway)
+        via = self.resolver.resolve(version, gateway)
+        if key not in self._watched:
+            self._watched.add(key)
+            self._gw_via.setdefault(key, via)
+        return via is not None
 
     def converged(self) -> None:
         """The RIB is complete (End-of-RIB from all peers, or the GR timer): prune stale routes."""
@@ -468,7 +478,8 @@ class FibManager:
                 users.discard(route.prefix)
                 if not users:
                     del self._gw_users[key]
-                    self._gw_via.pop(key, None)
+                    if key not in self._watched:
+                        self._gw_via.pop(key, None)
 
     def _tell(self, key: tuple[int, int], reachable: bool) -> None:
         state = "reachable" if reachable else "unreachable"
@@ -478,7 +489,8 @@ class FibManager:
 
     def _recheck_gateways(self, *, requeue: bool = True) -> None:
         assert self.resolver is not None
-        for key, users in self._gw_users.items():
+        for key in list(self._gw_via):
+            users = self._gw_users.get(key, ())
             via = self.resolver.resolve(*key)
             before = self._gw_via.get(key)
             if via == before:
@@ -522,7 +534,7 @@ class FibManager:
             kr.table == MAIN_TABLE
             and resolver is not None
             and resolver.route_changed(kr, event.deleted)
-            and self._gw_users
+            and self._gw_via
         ):
             self._gateways_dirty = True
             self._kick()

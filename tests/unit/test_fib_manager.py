@@ -356,3 +356,23 @@ async def test_link_down_makes_its_gateways_unreachable_and_up_restores_them():
     assert calls[-1] == (4, gw("198.18.0.2"), True)
     assert len(fake.ours_in_kernel()[parse_prefix("10.244.1.0/26")].nexthops) == 2
     await mgr.stop()
+
+
+async def test_a_gateway_the_rib_asked_about_is_reported_when_it_comes_back():
+    """The RIB drops paths through an unreachable next hop, so no route of ours uses it; it
+    must still hear when the gateway becomes reachable, or the paths never come back."""
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    calls = []
+    mgr = await started(fake, on_reachability=lambda v, g, ok: calls.append((v, g, ok)))
+    assert mgr.reachable(4, gw("198.18.0.2"))
+    assert not mgr.reachable(4, gw("198.19.5.1"))
+    fake.external_add(r("198.19.0.0/16", "198.18.0.254"), protocol=STATIC)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls == [(4, gw("198.19.5.1"), True)]
+    fake.external_delete(parse_prefix("198.19.0.0/16"), protocol=STATIC)
+    await asyncio.sleep(0)
+    await mgr.settle()
+    assert calls[-1] == (4, gw("198.19.5.1"), False)
+    await mgr.stop()
