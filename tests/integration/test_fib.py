@@ -431,3 +431,31 @@ async def test_manager_from_the_fib_config_section_and_writer_reconcile(lab):
     assert (report.added, report.deleted, report.errors) == (1, 1, [])
     assert set(kernel(ns, 4)) == {"10.244.2.0/26"}
     fib.close()
+
+
+async def test_scans_in_steady_state_rewrite_nothing(lab):
+    """Our dump must read back every kind we write exactly as we wrote it, or each scan
+    would replace routes that are fine (churn on every host every scan-time)."""
+    ns = host(lab)
+    mgr = await manager(ns, scan_time=0.2)
+    mgr.converged()
+    for r in (
+        route("10.244.1.0/26", "198.18.0.2", "198.18.0.3"),
+        route("fd00:10:244:1::/64", "fd00:198:18::2", "fd00:198:18::3"),
+        route("10.244.4.0/26", "198.18.0.2"),
+        Route(parse_prefix("10.244.2.0/26"), (NextHop(gw("10.244.2.0"), "eth0", onlink=True),)),
+        Route(
+            parse_prefix("fd00:10:244:2::/64"),
+            (NextHop(gw("fd00:10:244:2::"), "eth0", onlink=True),),
+        ),
+        Route(parse_prefix("10.244.3.0/26"), blackhole=True),
+        Route(parse_prefix("fd00:10:244:3::/64"), blackhole=True),
+    ):
+        mgr.update(r)
+    await mgr.settle()
+    first = mgr.resyncs
+    await wait_until(lambda: mgr.resyncs >= first + 3, timeout=20, what="three more scans")
+    await mgr.settle()
+    assert mgr.reconcile_repairs == 0, mgr.repairs_by_type
+    assert mgr.netlink_errors == 0 and mgr.in_sync
+    await mgr.stop()
