@@ -376,3 +376,37 @@ async def test_a_gateway_the_rib_asked_about_is_reported_when_it_comes_back():
     await mgr.settle()
     assert calls[-1] == (4, gw("198.19.5.1"), False)
     await mgr.stop()
+
+
+def test_resolver_longest_match_loops_blackholes_and_our_own_routes():
+    from bgpd.fib.nexthop import NextHopResolver
+
+    def kr(prefix, protocol=STATIC, *, via=None, dev=None, kind=1, metric=0, oifs=()):
+        hops = (NextHop(gw(via) if via else None, dev),) if (via or dev) else ()
+        route = Route(parse_prefix(prefix), hops) if hops else None
+        return KernelRoute(parse_prefix(prefix), protocol, 254, metric, kind, route, oifs)
+
+    res = NextHopResolver(protocol=80)
+    res.load(
+        [
+            kr("198.18.0.0/24", KERNEL, dev="eth0", oifs=(2,)),
+            kr("198.19.0.0/16", via="198.18.0.254"),
+            kr("198.19.7.0/24", via="198.18.0.7"),  # longer match wins
+            kr("198.20.0.0/16", via="198.21.0.1"),  # a loop: each via the other
+            kr("198.21.0.0/16", via="198.20.0.1"),
+            kr("198.22.0.0/16", kind=6),  # blackhole
+            kr("198.23.0.0/16", 80, via="198.18.0.9"),  # ours: never resolves a next hop
+        ]
+    )
+    assert res.resolve(4, gw("198.18.0.5")) == gw("198.18.0.5")
+    assert res.resolve(4, gw("198.19.1.1")) == gw("198.18.0.254")
+    assert res.resolve(4, gw("198.19.7.1")) == gw("198.18.0.7")
+    assert res.resolve(4, gw("198.20.0.9")) is None
+    assert res.resolve(4, gw("198.22.0.1")) is None
+    assert res.resolve(4, gw("198.23.0.1")) is None
+    assert res.link_changed(2, up=False)
+    assert res.resolve(4, gw("198.19.1.1")) is None
+    assert res.link_changed(2, up=True)
+    assert res.route_changed(kr("198.19.7.0/24", metric=5), deleted=True) is False  # not there
+    assert res.route_changed(kr("198.19.7.0/24", via="198.18.0.7"), deleted=True)
+    assert res.resolve(4, gw("198.19.7.1")) == gw("198.18.0.254")  # the /16 again
