@@ -727,6 +727,8 @@ class Daemon:
             done["in"] = [f.name for f in fams if peer.session.send_route_refresh(f, now)]
             peer.driver.pump()
         if direction in ("out", "both"):
+            if not self._export_enabled:
+                raise ValueError("still converging after a restart: nothing is sent yet")
             for fam in fams:
                 self._start_sync(peer, fam, force=True, enhanced=neg.enhanced_route_refresh)
             done["out"] = [f.name for f in fams]

@@ -146,3 +146,34 @@ def test_no_export_community_is_not_sent_to_an_ebgp_peer(lab: Lab) -> None:
     bird.wait_routes([("10.244.8.0/24", OURS)])
     assert "10.244.7.0/24" not in {p for p, _ in bird.routes("ipv4")}
     assert ours.peer_status(BIRD)["prefixes_advertised"] == 1
+
+
+def test_enhanced_route_refresh_both_ways_with_bird(lab: Lab) -> None:
+    ours, bird, gobgp = setup(lab)
+    bird.announce(["10.244.21.0/24"])
+    ours.originate = ["10.244.22.0/24"]
+    bird.start()
+    gobgp.start()
+    ours.start()
+    ours.wait_established(BIRD)
+    bird.wait_routes([("10.244.22.0/24", OURS)])
+    wait_for(lambda: learned(ours, BIRD) == {"10.244.21.0/24"}, timeout=30, what="BIRD's route")
+
+    def counts() -> tuple[int, int]:
+        st = ours.peer_status(BIRD)
+        return st["messages_in"]["route_refresh"], st["messages_out"]["route_refresh"]
+
+    rin, rout = counts()
+    # BIRD asks us (reload in): we answer BoRR, our routes, EoRR (RFC 7313).
+    bird.birdc("reload", "in", BirdPeer.proto_name(OURS))
+    wait_for(lambda: counts() == (rin + 1, rout + 2), timeout=30,
+             what="BIRD's refresh request answered with BoRR and EoRR",
+             describe=lambda: str(counts()))  # fmt: skip
+    assert "route refresh requested for ipv4-unicast" in ours.log_text()
+    bird.wait_routes([("10.244.22.0/24", OURS)])
+    # We ask BIRD: it answers BoRR, its routes, EoRR; its route is fresh again, never lost.
+    assert ours.refresh(BIRD, "in")["in"] == ["ipv4-unicast"]
+    wait_for(lambda: counts() == (rin + 3, rout + 3), timeout=30,
+             what="BIRD's BoRR and EoRR", describe=lambda: str(counts()))  # fmt: skip
+    row = next(r for r in ours.routes() if r["peer"] == BIRD)
+    assert row["prefix"] == "10.244.21.0/24" and not row["stale"]
