@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.bench.harness import procstat
-from tests.bench.harness.duts import DUTS
+from tests.bench.harness.duts import DUTS, RoutemeshDut
 from tests.bench.harness.report import Results, target_lines, write_json
 from tests.bench.harness.scenarios import RunResult, bird_source_run, ingest_run, rr_run
 
@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rr-clients", type=_ints, default=[20, 100], help="e.g. 20,100")
     p.add_argument("--rr-prefixes", type=_ints, default=[10_000, 100_000], help="e.g. 10000,100000")
     p.add_argument("--timeout", type=float, default=300, help="seconds per phase before giving up")
+    p.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run our bgpd under cProfile into DIR"
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON results")
     return p.parse_args(argv)
 
@@ -76,6 +79,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, Callable[[], RunResul
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     steps = plan(args)
+    RoutemeshDut.profile_dir = args.profile
     results = Results()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     mach = procstat.machine()

@@ -448,6 +448,26 @@ class _OurDaemon(RoutemeshSpeaker):
         )
         self.dut = dut
 
+    def start(self) -> RoutemeshSpeaker:
+        if RoutemeshDut.profile_dir is None:
+            return super().start()
+        # The same daemon under cProfile; SIGTERM makes it return, and cProfile then writes.
+        RoutemeshDut.profile_dir.mkdir(parents=True, exist_ok=True)
+        RoutemeshDut.profiles += 1
+        out = RoutemeshDut.profile_dir / f"bgpd-{RoutemeshDut.profiles}.prof"
+        self.conf.write_text(self.config_text())
+        argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "bgpd.cli.main", "bgpd",
+                "-f", str(self.conf)]  # fmt: skip
+        self.proc = self.ns.popen(argv, log=self.log)
+        wait_for(
+            lambda: Path(self.sock).exists() or self.proc.poll() is not None,
+            timeout=30,
+            what="bgpd control socket",
+        )
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"bgpd exited with {self.proc.returncode}:\n{self.log_text()}")
+        return self
+
     def config_text(self) -> str:
         text = super().config_text()
         if self.dut.fib:
@@ -460,6 +480,9 @@ class RoutemeshDut(Dut):
     name = "routemesh"
     writes_fib = True  # when the daemon has its FIB writer; otherwise measured as n/a
     can_reflect = True
+    # Set by `--profile DIR`: every daemon start writes DIR/bgpd-<n>.prof.
+    profile_dir: ClassVar[Path | None] = None
+    profiles: ClassVar[int] = 0
 
     def start(self) -> None:
         self.daemon = _OurDaemon(self)
