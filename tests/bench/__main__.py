@@ -16,10 +16,17 @@ from pathlib import Path
 from tests.bench.harness import procstat
 from tests.bench.harness.duts import DUTS, RoutemeshDut
 from tests.bench.harness.report import Results, target_lines, write_json
-from tests.bench.harness.scenarios import RunResult, bird_source_run, ingest_run, rr_run
+from tests.bench.harness.scenarios import (
+    RunResult,
+    bird_source_run,
+    ingest_run,
+    mesh_run,
+    rr_run,
+)
 
-SCENARIOS = ("ingest-shared", "ingest-unique", "bird-shared", "bird-unique", "rr")
+SCENARIOS = ("ingest-shared", "ingest-unique", "bird-shared", "bird-unique", "rr", "mesh")
 RR_DUTS = ("bird", "gobgp", "routemesh")
+MESH_DUTS = ("bird", "frr", "gobgp", "routemesh")
 
 
 def _ints(text: str) -> list[int]:
@@ -35,6 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--rr-clients", type=_ints, default=[20, 100], help="e.g. 20,100")
     p.add_argument("--rr-prefixes", type=_ints, default=[10_000, 100_000], help="e.g. 10000,100000")
+    p.add_argument("--mesh-nodes", type=_ints, default=[200], help="full-mesh sizes, e.g. 50,200")
+    p.add_argument("--mesh-prefixes", type=int, default=50, help="prefixes each mesh node owns")
     p.add_argument("--timeout", type=float, default=300, help="seconds per phase before giving up")
     p.add_argument(
         "--profile", type=Path, metavar="DIR", help="run our bgpd under cProfile into DIR"
@@ -73,6 +82,13 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, Callable[[], RunResul
                 for k in args.rr_clients:
                     for m in args.rr_prefixes:
                         out.append((f"rr-{k}x{m}", dut, lambda d=dut, k=k, m=m: rr_run(d, k, m, t)))
+            elif scenario == "mesh" and dut in MESH_DUTS:
+                m = args.mesh_prefixes
+                for k in args.mesh_nodes:
+                    # The DUT is one node; the other k - 1 are simulated.
+                    out.append(
+                        (f"mesh-{k}x{m}", dut, lambda d=dut, k=k, m=m: mesh_run(d, k - 1, m, t))
+                    )
     return out
 
 
@@ -88,14 +104,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"kernel {mach['kernel']}, load {mach['load_avg_at_start']}")  # fmt: skip
     for name, v in versions.items():
         print(f"version.{name}: {v}")
+    gave_up: dict[tuple[str, str], str] = {}
     for rnd in range(args.runs):
         for scenario, dut, fn in steps:
+            if (scenario, dut) in gave_up:
+                # A run that timed out would time out again: report it once, not --runs times.
+                continue
             t0 = time.monotonic()
             try:
                 res = fn()
             except Exception as exc:  # one broken run must not lose the others' figures
                 res = RunResult(failures=[f"harness error: {exc!r}"])
             results.add(scenario, dut, res)
+            if any("timeout" in f or "stalled" in f for f in res.failures):
+                gave_up[(scenario, dut)] = f"timed out in run {rnd + 1}; not repeated"
             took = time.monotonic() - t0
             brief = ", ".join(f"{k}={v:g}" for k, v in res.metrics.items()) or "no figures"
             status = f" FAILED: {res.failures[0]}" if res.failures else ""
@@ -105,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
     print()
     for line in results.lines():
+        print(line)
+    for line in results.curve_lines():
         print(line)
     print()
     print(results.ratio_table())

@@ -4,6 +4,7 @@ process, one of which announces). The harness drives it over stdin and reads JSO
 
   python -m tests.bench.harness.blaster ingest --peer A --local B --asn X --peer-asn Y ...
   python -m tests.bench.harness.blaster rr --peer A --locals B,C,... --asn X --prefixes N
+  python -m tests.bench.harness.blaster mesh --peer A --locals B,C,... --asn X --prefixes M
 
 Commands on stdin: connect, announce (rr), withdraw, quit. Events on stdout carry
 time.monotonic() stamps, which are comparable across processes on Linux (CLOCK_MONOTONIC).
@@ -181,6 +182,46 @@ async def run_rr(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_mesh(args: argparse.Namespace) -> int:
+    """K iBGP peers of the DUT, each announcing its own ``--prefixes`` (a node's blocks)."""
+    ctx = CodecContext()
+    locals_ = args.locals.split(",")
+    nh = int(ipaddress.IPv4Address(args.next_hop or locals_[0]))
+    attrs = feeds.base_attributes(args.asn, ebgp=False)
+    m = args.prefixes
+    announce = [
+        feeds.chunks(feeds.shared_updates(ctx, m, nh, attrs, first=i * m))
+        for i in range(len(locals_))
+    ]
+    withdraw = [
+        feeds.chunks(feeds.withdraw_updates(ctx, m, first=i * m)) for i in range(len(locals_))
+    ]
+    emit("ready", peers=len(locals_), prefixes=m * len(locals_))
+    sessions = [
+        Session(local_asn=args.asn, peer_asn=args.asn, router_id=a, hold_time=args.hold, name=a)
+        for a in locals_
+    ]
+    cmds = await _commands()
+    while (cmd := await cmds.get()) != "quit":
+        try:
+            if cmd == "connect":
+                await asyncio.gather(*(s.connect(args.peer, args.port, s.name) for s in sessions))
+                _watch(sessions)
+                emit("established", t=max(s.t_established or 0 for s in sessions))
+            elif cmd in ("announce", "withdraw"):
+                feed = announce if cmd == "announce" else withdraw
+                emit(f"{cmd}_start", t=time.monotonic())
+                await asyncio.gather(*(s.send(f) for s, f in zip(sessions, feed)))
+                emit(f"{cmd}_sent", t=time.monotonic())
+            else:
+                emit("error", reason=f"unknown command {cmd!r}")
+        except (SessionFailed, OSError) as exc:
+            emit("failure", session="", reason=str(exc), t=time.monotonic())
+    await asyncio.gather(*(s.close() for s in sessions))
+    emit("summary", failures=[f for s in sessions for f in s.failures])
+    return 0
+
+
 async def _wait_empty(receivers: Sequence[Session]) -> None:
     while any(s.received > 0 for s in receivers):
         await asyncio.sleep(0.01)
@@ -190,7 +231,7 @@ async def _wait_empty(receivers: Sequence[Session]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="blaster", description=__doc__)
     sub = p.add_subparsers(dest="mode", required=True)
-    for name in ("ingest", "rr"):
+    for name in ("ingest", "rr", "mesh"):
         q = sub.add_parser(name)
         q.add_argument("--peer", required=True, help="the DUT's address")
         q.add_argument("--port", type=int, default=179)
@@ -202,11 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ing.add_argument("--local", required=True, help="our source address")
     ing.add_argument("--peer-asn", type=int, required=True)
     ing.add_argument("--next-hop", help="default: --local")
-    rr = sub.choices["rr"]
-    rr.add_argument("--locals", required=True, help="client addresses, a,b,c")
-    rr.add_argument("--next-hop", help="default: the first client's address")
+    for name in ("rr", "mesh"):
+        q = sub.choices[name]
+        q.add_argument("--locals", required=True, help="speaker addresses, a,b,c")
+        q.add_argument("--next-hop", help="default: the first speaker's address")
     args = p.parse_args(argv)
-    runner = run_ingest if args.mode == "ingest" else run_rr
+    runner = {"ingest": run_ingest, "rr": run_rr, "mesh": run_mesh}[args.mode]
     return asyncio.run(runner(args))
 
 

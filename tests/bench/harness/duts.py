@@ -80,6 +80,10 @@ class Dut:
         """Prefixes received from ``peer`` that are in the RIB now."""
         raise NotImplementedError
 
+    def rib_total(self) -> int:
+        """Prefixes received from all peers that are in the RIB now."""
+        raise NotImplementedError
+
     def log_tail(self) -> str:
         raise NotImplementedError
 
@@ -148,6 +152,11 @@ class BirdDut(Dut):
     def rib_count(self, peer: str) -> int:
         out = self.daemon.birdc("show", "protocols", "all", BirdPeer.proto_name(peer))
         m = re.search(r"Routes:\s+(\d+) imported", out)
+        return int(m.group(1)) if m else 0
+
+    def rib_total(self) -> int:
+        out = self.daemon.birdc("show", "route", "count", "where", "source", "=", "RTS_BGP")
+        m = re.search(r"(\d+) of \d+ routes for \d+ networks in table master4", out)
         return int(m.group(1)) if m else 0
 
     def log_tail(self) -> str:
@@ -224,6 +233,10 @@ class FrrDut(Dut):
         data = json.loads(self.daemon.vtysh("show bgp ipv4 unicast summary json") or "{}")
         info = (data.get("peers") or {}).get(peer) or {}
         return int(info.get("pfxRcd", 0))
+
+    def rib_total(self) -> int:
+        data = json.loads(self.daemon.vtysh("show bgp ipv4 unicast summary json") or "{}")
+        return sum(int(p.get("pfxRcd", 0)) for p in (data.get("peers") or {}).values())
 
     def log_tail(self) -> str:
         return self.daemon.log_tail()
@@ -309,6 +322,9 @@ class GobgpDut(Dut):
         out = self.daemon.gobgp("global", "rib", "summary", "-a", "ipv4")
         m = re.search(r"Destination:\s+(\d+)", out)
         return int(m.group(1)) if m else 0
+
+    def rib_total(self) -> int:
+        return self.rib_count("")
 
     def log_tail(self) -> str:
         return self.daemon.log_tail()
@@ -400,6 +416,9 @@ class ExabgpDut(Dut):
             return int(self.daemon.count_file.read_text() or 0)
         except (OSError, ValueError):
             return 0
+
+    def rib_total(self) -> int:
+        return self.rib_count("")
 
     def log_tail(self) -> str:
         return self.daemon.log_tail()
@@ -508,6 +527,13 @@ class RoutemeshDut(Dut):
         except (LabError, json.JSONDecodeError):
             return 0
         return sum(int(r.get("prefixes_accepted", 0)) for r in rows if r["peer"] == peer)
+
+    def rib_total(self) -> int:
+        try:
+            rows = json.loads(routemesh_cli("bgp", "status", "-o", "json", "-s", self.daemon.sock))
+        except (LabError, json.JSONDecodeError):
+            return 0
+        return sum(int(r.get("prefixes_accepted", 0)) for r in rows)
 
     def log_tail(self) -> str:
         return self.daemon.log_text()[-3000:]

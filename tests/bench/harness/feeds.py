@@ -61,11 +61,12 @@ def shared_updates(
     attrs: PathAttributes,
     *,
     per_set: int = 500,
+    first: int = 0,
 ) -> list[bytes]:
-    """``count`` prefixes in blocks of ``per_set``; each block has its own MED (so its own
-    attribute set) and is packed into as few UPDATEs as fit."""
+    """``count`` prefixes (from index ``first``) in blocks of ``per_set``; each block has its
+    own MED (so its own attribute set) and is packed into as few UPDATEs as fit."""
     out: list[bytes] = []
-    nlri = prefixes(count)
+    nlri = prefixes(count, first)
     for block, start in enumerate(range(0, count, per_set)):
         block_attrs = replace(attrs, med=block)
         out += encode_updates(
@@ -97,9 +98,9 @@ def unique_updates(
     ]
 
 
-def withdraw_updates(ctx: CodecContext, count: int) -> list[bytes]:
-    """Withdraw prefixes 0..count-1, packed as tightly as the message size allows."""
-    return encode_withdrawals(ctx, IPV4_UNICAST, prefixes(count))
+def withdraw_updates(ctx: CodecContext, count: int, first: int = 0) -> list[bytes]:
+    """Withdraw ``count`` prefixes from index ``first``, packed as tightly as fits."""
+    return encode_withdrawals(ctx, IPV4_UNICAST, prefixes(count, first))
 
 
 def chunks(messages: Iterable[bytes], size: int = CHUNK_BYTES) -> list[bytes]:

@@ -5,6 +5,8 @@ routemesh, the issue 9 targets (met or missed, and by how much), and the JSON re
 from __future__ import annotations
 
 import json
+import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -82,6 +84,41 @@ class Results:
                 fails = self.failures(scenario, dut)
                 out.append(f"{scenario}.{dut}.failures: {len(fails)}")
                 out += [f"{scenario}.{dut}.failure: {f}" for f in dict.fromkeys(fails)]
+        return out
+
+    def curve_lines(self) -> list[str]:
+        """Time and memory against size for the reflector grid (rr-KxN) and the mesh
+        (mesh-KxM), with the growth exponent between the smallest and largest size:
+        1 means linear, 2 quadratic."""
+        grid: dict[tuple[str, str], dict[tuple[int, int], str]] = {}
+        for scenario in self.runs:
+            m = re.fullmatch(r"(rr|mesh)-(\d+)x(\d+)", scenario)
+            if m:
+                for dut in self.runs[scenario]:
+                    key = (int(m.group(2)), int(m.group(3)))
+                    grid.setdefault((m.group(1), dut), {})[key] = scenario
+        out = []
+        metric_of = {"rr": "all_clients_s", "mesh": "rib_s"}
+        for (kind, dut), cells in sorted(grid.items()):
+            metric = metric_of[kind]
+            for axis in (0, 1):
+                fixed_values = sorted({k[1 - axis] for k in cells})
+                for fixed in fixed_values:
+                    row = sorted((k[axis], s) for k, s in cells.items() if k[1 - axis] == fixed)
+                    pts = [
+                        (size, self.median(s, dut, metric), self.median(s, dut, "peak_rss_mib"))
+                        for size, s in row
+                    ]
+                    pts = [p for p in pts if p[1] is not None]
+                    if len(pts) < 2:
+                        continue
+                    what = ("clients" if kind == "rr" else "nodes") if axis == 0 else "prefixes"
+                    other = "prefixes" if axis == 0 else ("clients" if kind == "rr" else "nodes")
+                    desc = ", ".join(f"{x}: {t:g}s {r:g}MiB" for x, t, r in pts)
+                    (x1, t1, _), (x2, t2, _) = pts[0], pts[-1]
+                    grow = math.log(t2 / t1) / math.log(x2 / x1) if t1 > 0 and t2 > 0 else None
+                    g = f"time ~ {what}^{grow:.2f}" if grow is not None else "growth n/a"
+                    out.append(f"curve.{kind}.{dut}.{other}_{fixed}.by_{what}: {g} ({desc})")
         return out
 
     def ratio(self, scenario: str, dut: str, metric: str) -> float | None:

@@ -75,8 +75,8 @@ def _start_dut(name: str, topo: Topology, neighbors: list[DutNeighbor], **kw: An
 class _Poller:
     """Polls the DUT's RIB count and the kernel FIB until both reach their targets."""
 
-    def __init__(self, dut: Dut, peer: str, fib_base: int | None) -> None:
-        self.dut, self.peer, self.fib_base = dut, peer, fib_base
+    def __init__(self, dut: Dut, count: Callable[[], int], fib_base: int | None) -> None:
+        self.dut, self.count, self.fib_base = dut, count, fib_base
 
     def fib_count(self) -> int:
         assert self.fib_base is not None
@@ -98,7 +98,7 @@ class _Poller:
         while True:
             if failed():
                 return t_rib, t_fib, "session reset", "session reset"
-            if t_rib is None and done_rib(self.dut.rib_count(self.peer)):
+            if t_rib is None and done_rib(self.count()):
                 t_rib = time.monotonic()
             if want_fib and t_fib is None:
                 n = self.fib_count()
@@ -166,7 +166,7 @@ def _measure_ingest(
 ) -> None:
     pids = dut.pids()
     fib_base = procstat.fib_prefixes(dut.fib_pid()) if dut.fib else None
-    poller = _Poller(dut, SRC_ADDR, fib_base)
+    poller = _Poller(dut, lambda: dut.rib_count(SRC_ADDR), fib_base)
     failed = lambda: [f["reason"] for f in blaster.failures]  # noqa: E731
     cpu0 = procstat.total_cpu_seconds(pids)
     blaster.command("connect")
@@ -261,7 +261,7 @@ def bird_source_run(dut_name: str, feed: str, prefixes: int, timeout: float) -> 
             wall_est = _wait_value(source.established_at, 60, "BIRD source Established")
             # Convert BIRD's wall-clock stamp to our monotonic clock.
             t_est = time.monotonic() - (time.time() - wall_est)
-            poller = _Poller(dut, SRC_ADDR, fib_base)
+            poller = _Poller(dut, lambda: dut.rib_count(SRC_ADDR), fib_base)
 
             def failed() -> list[str]:
                 source.birdc("show", "status")  # the poke
@@ -373,3 +373,58 @@ def _wait_clients(dut: Dut, blaster: BlasterProcess, event: str, timeout: float)
             )
         if time.monotonic() > deadline:
             raise BlasterError(f"{event}: timeout after {timeout:.0f}s")
+
+
+# --- a full iBGP mesh, simulated in one process --------------------------------------------------
+
+
+def mesh_run(dut_name: str, peers: int, per_peer: int, timeout: float) -> RunResult:
+    """The DUT as one node of a full iBGP mesh: ``peers`` other nodes (one process, one
+    session each) announce ``per_peer`` prefixes each at once, then withdraw them."""
+    res = RunResult()
+    total = peers * per_peer
+    with Lab() as lab:
+        topo = build_topology(lab, peers)
+        neighbors = [DutNeighbor(a, DUT_ASN) for a in topo.clients]
+        try:
+            dut = _start_dut(dut_name, topo, neighbors, fib=False)
+        except DutUnavailable as exc:
+            res.na["all"] = str(exc)
+            return res
+        blaster = BlasterProcess(
+            topo.src,
+            ["mesh", "--peer", DUT_ADDR, "--locals", ",".join(topo.clients),
+             "--asn", str(DUT_ASN), "--prefixes", str(per_peer), "--next-hop", SRC_ADDR],
+            lab.tmp / "mesh.log",
+        )  # fmt: skip
+        try:
+            blaster.wait("ready", timeout=600)
+            pids = dut.pids()
+            blaster.command("connect")
+            blaster.wait("established", timeout=60 + peers)
+            poller = _Poller(dut, dut.rib_total, None)
+            failed = lambda: [f["reason"] for f in blaster.failures]  # noqa: E731
+            cpu0 = procstat.total_cpu_seconds(pids)
+            blaster.command("announce")
+            t0 = blaster.wait("announce_start", timeout=30)["t"]
+            t_rib, _, why, _ = poller.until(lambda n: n >= total, bool, timeout, failed)
+            _record(res, "rib_s", t_rib, t0, why)
+            res.metrics["cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu0, 2)
+            res.metrics["peak_rss_mib"] = round(procstat.total_peak_rss_mib(pids), 1)
+            if t_rib is not None:
+                cpu1 = procstat.total_cpu_seconds(pids)
+                blaster.command("withdraw")
+                t1 = blaster.wait("withdraw_start", timeout=30)["t"]
+                w_rib, _, why, _ = poller.until(lambda n: n <= 0, bool, timeout, failed)
+                _record(res, "withdraw_rib_s", w_rib, t1, why)
+                res.metrics["withdraw_cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu1, 2)
+        except (BlasterError, LabError) as exc:
+            res.failures.append(str(exc).splitlines()[0])
+        finally:
+            blaster.quit()
+            res.failures += [
+                f["reason"] for f in blaster.failures if f["reason"] not in res.failures
+            ]
+            if res.failures:
+                res.info["dut_log_tail"] = dut.log_tail()[-1500:]
+    return res
