@@ -459,3 +459,29 @@ async def test_scans_in_steady_state_rewrite_nothing(lab):
     assert mgr.reconcile_repairs == 0, mgr.repairs_by_type
     assert mgr.netlink_errors == 0 and mgr.in_sync
     await mgr.stop()
+
+
+async def test_every_error_in_a_batch_is_mapped_to_its_route(lab):
+    ns = host(lab)
+    fib = NetlinkFib(PROTO, netns=ns.name, batch=64)
+    good = [route(f"10.244.{i}.0/26", "198.18.0.2") for i in range(100)]
+    no_device = Route(parse_prefix("10.244.200.0/26"), (NextHop(None, "nosuch0"),))
+    off_link = route("10.244.201.0/26", "198.19.9.9")  # gateway on no connected network
+    bad_v6 = route("fd00:10:244:9::/64", "fd00:198:19::9")
+    # Failures sit in the middle of a batch and at the end of one (index 63 of 64).
+    writes = [*good[:30], off_link, *good[30:62], no_device, *good[62:], bad_v6]
+    errors = await fib.apply(writes, [parse_prefix("10.244.250.0/26")])  # not there: fine
+    got = sorted((str(e.route), e.op, e.errno) for e in errors)
+    assert got == sorted(
+        [
+            (str(off_link), "add", 101),  # ENETUNREACH
+            (str(no_device), "add", 19),  # ENODEV
+            (str(bad_v6), "add", 113),  # IPv6 says EHOSTUNREACH
+        ]
+    ), [str(e) for e in errors]
+    assert any("nosuch0" in e.message for e in errors)
+    installed = kernel(ns, 4)
+    assert {net_text(r.prefix) for r in good} <= set(installed)
+    assert "10.244.201.0/26" not in installed and "10.244.200.0/26" not in installed
+    assert fib.netlink_errors == 3
+    fib.close()
