@@ -344,7 +344,10 @@ class NetlinkFib(Fib):
                         self._links_stale = True  # a device was recreated under a new index
                 if seq == ack_seq:
                     done = True
-        self.netlink_errors += len(errors)
+        # A delete of a route already gone is not a failure (apply() drops it too).
+        self.netlink_errors += sum(
+            1 for e in errors if not (e.op == "delete" and e.errno == errno.ESRCH)
+        )
         return errors
 
     # -- monitor ----------------------------------------------------------------------------
