@@ -314,3 +314,50 @@ def test_ipv6_uses_ip6tables_and_cali60_sets() -> None:
     assert "10.0.0.0/8" not in kernel.calls[0][1]
     with pytest.raises(ValueError):
         NatOutgoing(kernel, 5)
+
+
+# --- the loop over a memory store ----------------------------------------------------------------
+
+
+async def test_loop_follows_pools_and_skips_an_unreadable_one() -> None:
+    import asyncio
+    import time
+
+    from agent.nat import NatOutgoingSync
+    from bgpd.datastore.memory import MemoryDatastore
+    from bgpd.datastore.resources import ResourceStore, resource_key
+
+    datastore = MemoryDatastore()
+    store = ResourceStore(datastore)
+    await store.apply(pool("a", "10.244.0.0/16", nat=True))
+    # Written behind the store's back, as a bad etcd write or an older version could.
+    broken = b'{"kind": "IPPool", "spec": 7}'
+    await datastore.put(resource_key(IPPool, "broken"), broken)
+    kernel = Kernel()
+    sync = NatOutgoingSync(store, {4: NatOutgoing(kernel, 4)}, interval=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sync.run(stop))
+
+    async def sent(text: str) -> None:
+        deadline = time.monotonic() + 5
+        while not any(text in batch for _, batch in kernel.calls):
+            assert time.monotonic() < deadline, f"never sent {text!r}: {kernel.calls}"
+            await asyncio.sleep(0.02)
+
+    try:
+        await sent("add cali40masq-ipam-pools 10.244.0.0/16")
+        assert set(sync.pools) == {resource_key(IPPool, "a")}
+        # (The store's own overlap check cannot read the broken pool; take it away to write.)
+        await datastore.delete(resource_key(IPPool, "broken"))
+        await store.apply(pool("b", "100.64.0.0/10"))
+        await sent("add cali40all-ipam-pools 100.64.0.0/10")
+        await datastore.put(resource_key(IPPool, "b"), broken)  # b turns unreadable: kept
+        await store.delete(IPPool, "a")
+        await sent("del cali40masq-ipam-pools 10.244.0.0/16")
+        assert "100.64.0.0/10" not in "".join(b for t, b in kernel.calls if "masq" in b)
+        assert "del cali40all-ipam-pools 100.64.0.0/10" not in "".join(b for _, b in kernel.calls)
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await datastore.close()
