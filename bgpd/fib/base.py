@@ -115,12 +115,14 @@ class Fib(ABC):
         for route, replace in writes:
             if (route.prefix, "replace" if replace else "add") not in failed:
                 self.ours.add(route.prefix)
-        for prefix in dels:
-            self.ours.discard(prefix)
         for e in errors:
             if e.op == "delete" and e.errno == errno.ESRCH:
                 continue
             real.append(e)
+        kept = {e.prefix for e in real if e.op == "delete"}
+        for prefix in dels:
+            if prefix not in kept:
+                self.ours.discard(prefix)
         return real
 
     async def reconcile(self, desired: Mapping[Prefix, Route]) -> ReconcileReport:
