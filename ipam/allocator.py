@@ -62,6 +62,14 @@ async def read_blocks(store: Datastore) -> list[tuple[Block, int]]:
     return out
 
 
+def _has_room(raw: bytes, cidr: Network, view: ClusterView) -> bool:
+    try:
+        block = Block.from_json(raw, block_key(cidr))
+    except IpamError:
+        return False
+    return block.free_count(view.reserved_ordinals(block.cidr)) > 0
+
+
 class _HandleRecord:
     """The handle's list of blocks, grown with CAS before any block write that allocates."""
 
@@ -190,10 +198,19 @@ class Ipam:
             taken.extend(new)
 
         affine = await self._affine_blocks(pools)
-        for cidr in affine:
-            if len(got) == count:
-                return
-            await take(cidr)
+        if affine:
+            await take(affine[0])
+        if len(got) < count and len(affine) > 1:
+            # The newest block is full: read the older ones in one round trip and only go
+            # back (with a fresh read and a CAS) to those that had room.
+            kvs = await asyncio.gather(*(self.store.get(block_key(c)) for c in affine[1:]))
+            for cidr, kv in zip(affine[1:], kvs):
+                if len(got) == count:
+                    return
+                if kv is not None and _has_room(kv.value, cidr, view):
+                    await take(cidr)
+        if len(got) == count:
+            return
         tried = set(affine)
         while len(got) < count:
             claimed = await self._claim(pools, view, tried)

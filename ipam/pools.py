@@ -3,6 +3,7 @@ host's Node, and the rules that pick the pools and free blocks a host may use.""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -186,18 +187,19 @@ class ClusterView:
 
     @classmethod
     async def read(cls, store: Datastore, host: str) -> ClusterView:
-        pools = [
-            Pool.from_resource(p)
-            for p in await read_resources(store, "IPPool")
-            if isinstance(p, IPPool)
-        ]
-        node = await read_resource(store, "Node", host)
+        # Four independent reads: one round trip instead of four.
+        pool_list, node, config, reservations = await asyncio.gather(
+            read_resources(store, "IPPool"),
+            read_resource(store, "Node", host),
+            read_config(store),
+            read_resources(store, "IPReservation"),
+        )
         labels = dict(node.metadata.labels or {}) if isinstance(node, Node) else {}
         return cls(
             host=host,
-            pools=pools,
-            config=await read_config(store),
-            reserved=_reserved_networks(await read_resources(store, "IPReservation")),
+            pools=[Pool.from_resource(p) for p in pool_list if isinstance(p, IPPool)],
+            config=config,
+            reserved=_reserved_networks(reservations),
             labels=labels,
         )
 
