@@ -26,12 +26,14 @@ from agent.endpoint import (
 )
 from bgpd.datastore.base import Datastore
 from bgpd.datastore.resources import (
+    ResourceExistsError,
     ResourceNotFoundError,
     ResourceStore,
     kind_prefix,
     resource_key,
 )
-from bgpd.model import ResourceError, WorkloadEndpoint, from_dict
+from bgpd.model import Profile, ResourceError, WorkloadEndpoint, from_dict
+from policy.endpoint import NAMESPACE_PROFILE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ class Workloads:
             addresses = await self._addresses(req)
         spec = self.spec(req, addresses)
         try:
+            # Before the record: the policy loop must never see the endpoint without it.
+            await self._ensure_namespace_profile(req)
             plumbed = await self.dataplane.create(spec)
             endpoint = await self._record(req, plumbed)
         except BaseException:
@@ -156,6 +160,47 @@ class Workloads:
                         namespace, name, exc)  # fmt: skip
             return None
         return wep if isinstance(wep, WorkloadEndpoint) else None
+
+    async def _ensure_namespace_profile(self, req: WorkloadRequest) -> None:
+        """Create `kns.<namespace>` (allow all in and out) when the endpoint uses it and it is
+        missing, as Calico's Kubernetes datastore does for every namespace; otherwise a pod with
+        no policy would be denied by default. An existing profile is never changed: operators
+        put labelsToApply there."""
+        if self.resources is None:
+            return
+        name = NAMESPACE_PROFILE_PREFIX + req.namespace
+        # The policy side reads an empty profile list as kns.<namespace> too.
+        if req.profiles and name not in req.profiles:
+            return
+        try:
+            await self.resources.get(Profile, name)
+            return
+        except ResourceNotFoundError:
+            pass
+        except (ValueError, ResourceError) as exc:
+            log.warning("Profile %s is unreadable; leaving it alone: %s", name, exc)
+            return
+        doc = {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "Profile",
+            "metadata": {"name": name},
+            "spec": {
+                # Calico's own label for the namespace name, with its pcns. prefix.
+                "labelsToApply": {"pcns.projectcalico.org/name": req.namespace},
+                "ingress": [{"action": "Allow"}],
+                "egress": [{"action": "Allow"}],
+            },
+        }
+        try:
+            profile = from_dict(doc, source="endpoint")
+        except ResourceError as exc:
+            raise WorkloadError(f"Profile {name}: {exc}", field="namespace") from exc
+        try:
+            await self.resources.create(profile)
+        except ResourceExistsError:
+            pass  # another ADD in the same namespace made it first
+        else:
+            log.info("created namespace profile %s", name)
 
     async def _addresses(self, req: WorkloadRequest) -> tuple[IPAddress, ...]:
         attrs = {"namespace": req.namespace, "pod": req.name, "node": self.node}
