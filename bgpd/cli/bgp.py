@@ -120,9 +120,8 @@ def format_status(rows: list[dict[str, Any]]) -> str:
 
 
 def _mark(r: dict[str, Any]) -> str:
-    """BIRD-like markers: * best, = other multipath member, s stale."""
-    m = "*" if r["best"] else "=" if r.get("multipath") else " "
-    return m + ("s" if r.get("stale") else " ")
+    """BIRD-like markers before the prefix: * best, = other multipath member."""
+    return "*" if r["best"] else "=" if r.get("multipath") else " "
 
 
 def format_routes(rows: list[dict[str, Any]], detail: bool = False) -> str:
@@ -130,7 +129,7 @@ def format_routes(rows: list[dict[str, Any]], detail: bool = False) -> str:
     body = []
     for r in rows:
         row = [
-            _mark(r) + " " + r["prefix"],
+            _mark(r) + " " + r["prefix"] + (" (stale)" if r.get("stale") else ""),
             r["next_hop"] or "self",
             " ".join(str(a) for a in r["as_path"]) or "i",
             r["peer"] or "local",

@@ -1,4 +1,4 @@
-"""`routemesh bgp routes` table markers and --detail columns, and the refresh/reload verbs."""
+"""`routemesh bgp routes` table markers (* best, = multipath, (stale)) and --detail columns, and the refresh/reload verbs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ ROWS = [
 
 def test_markers_best_multipath_stale() -> None:
     lines = format_routes(ROWS).splitlines()
-    assert lines[3].startswith("| *  10.244.9.0/24")
-    assert lines[4].startswith("| =s 10.244.9.0/24")
+    assert lines[3].startswith("| * 10.244.9.0/24 ")
+    assert lines[4].startswith("| = 10.244.9.0/24 (stale)")
     assert "REASON" not in lines[1]
 
 
