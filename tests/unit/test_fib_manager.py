@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bgpd.fib.fake import FakeFib
 from bgpd.fib.manager import FibManager
 from bgpd.fib.reconcile import plan, same_route
@@ -410,3 +413,48 @@ def test_resolver_longest_match_loops_blackholes_and_our_own_routes():
     assert res.route_changed(kr("198.19.7.0/24", metric=5), deleted=True) is False  # not there
     assert res.route_changed(kr("198.19.7.0/24", via="198.18.0.7"), deleted=True)
     assert res.resolve(4, gw("198.19.7.1")) == gw("198.18.0.254")  # the /16 again
+
+
+@st.composite
+def kernels(draw):
+    """A kernel table (ours and static routes at /26s of 10.244.0.0/20) and a desired set."""
+    slots = st.integers(0, 63)
+    hops = st.sampled_from(["198.18.0.2", "198.18.0.3", "198.18.0.4"])
+
+    def at(slot: int, hop: str) -> Route:
+        return Route((4, 0x0AF40000 | (slot << 6), 26), (NextHop(gw(hop)),))
+
+    ours = draw(st.dictionaries(slots, hops, max_size=20))
+    foreign = draw(st.dictionaries(slots, st.tuples(hops, st.sampled_from([0, 10])), max_size=8))
+    desired = draw(st.dictionaries(slots, hops, max_size=20))
+    foreign = {s: v for s, v in foreign.items() if not (s in ours and v[1] == 0)}
+    return (
+        [at(s, h) for s, h in ours.items()],
+        [(at(s, h), metric) for s, (h, metric) in foreign.items()],
+        {at(s, h).prefix: at(s, h) for s, h in desired.items()},
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=kernels())
+def test_reconcile_leaves_exactly_the_desired_routes_of_ours_and_every_foreign_one(case):
+    ours, foreign, desired = case
+
+    async def run():
+        fake = FakeFib()
+        await fake.apply(ours, [])
+        for route, metric in foreign:
+            fake.external_add(route, protocol=STATIC, metric=metric)
+        before = {
+            (kr.prefix, kr.metric, kr.route) for kr in await fake.dump() if kr.protocol == STATIC
+        }
+        report = await fake.reconcile(desired)
+        after = await fake.dump()
+        return report, before, after, fake.ours_in_kernel()
+
+    report, before, after, got = asyncio.run(run())
+    blocked = {r.prefix for r, metric in foreign if metric == 0}  # same metric as ours: EEXIST
+    assert got == {p: r for p, r in desired.items() if p not in blocked}
+    assert {(kr.prefix, kr.metric, kr.route) for kr in after if kr.protocol == STATIC} == before
+    assert {e.prefix for e in report.errors} == blocked & desired.keys()
+    assert {c.prefix for c in report.conflicts} == {r.prefix for r, _m in foreign} & desired.keys()
