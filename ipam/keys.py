@@ -19,8 +19,8 @@ IPAM owns the prefix ``/routemesh/v1/ipam/`` and nothing else:
 - ``/routemesh/v1/ipam/hosts/<host>``: written once by a host that keeps a liveness lease, so GC
   knows a missing ``/routemesh/v1/ipam/liveness/<host>`` (the leased key) means "lease expired".
 
-Resources are read where ``bgpd.datastore`` stores them: ``/routemesh/v1/resources/<Kind>/<name>``
-(namespaced kinds: ``<Kind>/<namespace>/<name>``), the JSON of ``bgpd.model.to_dict``.
+Resources are read where ``bgpd.datastore.resources`` stores them:
+``/routemesh/v1/resources/<Kind>/<name>`` (namespaced kinds: ``<Kind>/<namespace>/<name>``).
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import quote, unquote
 
+from bgpd.datastore import resources
+
 IPAM_PREFIX = "/routemesh/v1/ipam/"
 BLOCKS = IPAM_PREFIX + "blocks/"
 AFFINITY = IPAM_PREFIX + "affinity/"
 HANDLES = IPAM_PREFIX + "handles/"
 HOSTS = IPAM_PREFIX + "hosts/"
 LIVENESS = IPAM_PREFIX + "liveness/"
-RESOURCES = "/routemesh/v1/resources/"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -82,10 +83,9 @@ def liveness_key(host: str) -> str:
 
 
 def resource_prefix(kind: str) -> str:
-    return f"{RESOURCES}{kind}/"
+    """Key prefix of every stored resource of ``kind`` (``bgpd.datastore.resources`` layout)."""
+    return resources.kind_prefix(resources.resource_class(kind))
 
 
 def resource_key(kind: str, name: str, namespace: str | None = None) -> str:
-    if namespace is not None:
-        return f"{RESOURCES}{kind}/{namespace}/{name}"
-    return f"{RESOURCES}{kind}/{name}"
+    return resources.resource_key(resources.resource_class(kind), name, namespace)

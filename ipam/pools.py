@@ -11,13 +11,15 @@ import zlib
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from bgpd.datastore.base import (
-    Datastore,
-    KeyExistsError,
-    KeyNotFoundError,
-    RevisionConflictError,
+from bgpd.datastore.base import Datastore
+from bgpd.datastore.resources import (
+    ResourceConflictError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ResourceStore,
 )
 from bgpd.model import (
+    CALICO_API,
     IPAMConfiguration,
     IPPool,
     IPReservation,
@@ -58,10 +60,9 @@ async def read_resource(store: Datastore, kind: str, name: str) -> Resource | No
         return None
 
 
-async def put_resource(store: Datastore, resource: Resource) -> int:
-    """Write a validated resource where ``bgpd.datastore`` keeps it (unconditionally)."""
-    key = resource_key(resource.KIND, resource.name, resource.namespace)
-    return await store.put(key, json.dumps(to_dict(resource)).encode())
+async def put_resource(store: Datastore, resource: Resource) -> Resource:
+    """Validate and store a resource the way ``routemesh apply`` does (tests and tools)."""
+    return await ResourceStore(store).apply(resource)
 
 
 async def read_config(store: Datastore) -> IPAMConfigurationSpec:
@@ -75,33 +76,33 @@ async def write_config(
     store: Datastore, *, strict_affinity: bool | None = None, max_blocks_per_host: int | None = None
 ) -> IPAMConfigurationSpec:
     """Change the cluster IPAM configuration with a compare-and-swap, keeping other fields."""
-    key = resource_key("IPAMConfiguration", "default")
+    resources = ResourceStore(store)
     for _attempt in range(100):
-        kv = await store.get(key)
-        data = json.loads(kv.value) if kv is not None else {}
-        spec = dict(data.get("spec") or {})
+        try:
+            current: Resource | None = await resources.get(IPAMConfiguration, "default")
+        except ResourceNotFoundError:
+            current = None
+        spec = dict(to_dict(current).get("spec") or {}) if current is not None else {}
         if strict_affinity is not None:
             spec["strictAffinity"] = strict_affinity
         if max_blocks_per_host is not None:
             spec["maxBlocksPerHost"] = max_blocks_per_host
-        resource = from_dict(
-            {
-                "apiVersion": "projectcalico.org/v3",
-                "kind": "IPAMConfiguration",
-                "metadata": {"name": "default"},
-                "spec": spec,
-            }
-        )
-        assert isinstance(resource, IPAMConfiguration)
-        value = json.dumps(to_dict(resource)).encode()
+        metadata: dict[str, str] = {"name": "default"}
+        if current is not None and current.metadata.resource_version:
+            metadata["resourceVersion"] = current.metadata.resource_version
+        wanted = from_dict(
+            {"apiVersion": CALICO_API, "kind": "IPAMConfiguration", "metadata": metadata,
+             "spec": spec}
+        )  # fmt: skip
         try:
-            if kv is None:
-                await store.create(key, value)
+            if current is None:
+                stored = await resources.create(wanted)
             else:
-                await store.update(key, value, revision=kv.mod_revision)
-        except (KeyExistsError, KeyNotFoundError, RevisionConflictError):
+                stored = await resources.update(wanted)
+        except (ResourceExistsError, ResourceConflictError, ResourceNotFoundError):
             continue  # another writer got there first: re-read and apply our change to theirs
-        return resource.spec
+        assert isinstance(stored, IPAMConfiguration)
+        return stored.spec
     raise IpamError("IPAMConfiguration default: too many concurrent writers")
 
 
