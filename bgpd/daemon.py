@@ -61,6 +61,7 @@ from bgpd.speaker.types import (
     IPV4_UNICAST,
     Family,
     Prefix,
+    prefix_to_str,
 )
 
 log = logging.getLogger("routemesh.bgpd")
@@ -620,17 +621,22 @@ class Daemon:
             await self._work.wait()
             self._work.clear()
             while True:
-                if self.loc_rib.pending():
-                    self._decide_slice()
-                elif self._converging:
-                    self._converging = False
-                    self._sink_everything()
-                    self.converged.set()
-                    continue
-                elif self._sync_jobs:
-                    self._sync_slice()
-                else:
-                    break
+                try:
+                    if self.loc_rib.pending():
+                        self._decide_slice()
+                    elif self._converging:
+                        self._converging = False
+                        self._sink_everything()
+                        self.converged.set()
+                        continue
+                    elif self._sync_jobs:
+                        self._sync_slice()
+                    else:
+                        break
+                except Exception:
+                    # One bad slice must not stop routing for good; what it held is logged
+                    # and the next slice goes on.
+                    log.exception("route worker: a slice failed and was skipped")
                 await asyncio.sleep(0)
 
     def _decide_slice(self) -> None:
@@ -640,7 +646,7 @@ class Daemon:
         for fam, prefix, dest, fib_changed in changes:
             by_fam.setdefault(fam, []).append((prefix, dest))
             if sink is not None and fib_changed:
-                sink(fam, prefix, dest.multipath if dest is not None and dest.best else None)
+                self._sink(sink, fam, prefix, dest)
         if not self._export_enabled:
             return
         encoder = EncodeCache()
@@ -686,7 +692,14 @@ class Daemon:
         for fam in list(self.loc_rib.tables):
             for prefix, dest in self.loc_rib.destinations(fam):
                 if dest.best is not None:
-                    sink(fam, prefix, dest.multipath)
+                    self._sink(sink, fam, prefix, dest)
+
+    @staticmethod
+    def _sink(sink: RouteSink, fam: Family, prefix: Prefix, dest: Destination | None) -> None:
+        try:
+            sink(fam, prefix, dest.multipath if dest is not None and dest.best else None)
+        except Exception:
+            log.exception("route sink failed for %s", prefix_to_str(fam.afi, prefix))
 
     def _next_hop(self, peer: Peer, fam: Family) -> tuple[int, ...] | None:
         """Next hop self: the session's own address when it is of the family, else configured."""

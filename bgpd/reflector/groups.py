@@ -11,6 +11,7 @@ Pure: no sockets, no asyncio. The daemon hands the messages to each session.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from bgpd.speaker.context import CodecContext
 from bgpd.speaker.messages import encode_updates, encode_withdrawals
 from bgpd.speaker.rib import AdjRibOut, AttrInterner, Destination, Path, Sent
 from bgpd.speaker.types import NLRI, Family, Prefix
+
+log = logging.getLogger("routemesh.bgpd")
 
 
 @dataclass(eq=False)
@@ -54,7 +57,14 @@ class EncodeCache:
         key = ("a", ctx, fam, attrs, nh, nlri)
         got = self._cache.get(key)
         if got is None:
-            got = self._cache[key] = encode_updates(ctx, fam, attrs, nlri, nh)
+            try:
+                got = encode_updates(ctx, fam, attrs, nlri, nh)
+            except ValueError as err:
+                # Attributes too big for this peer's message size (no extended message): the
+                # routes cannot be sent to it at all; say so rather than stop the worker.
+                log.warning("%d %s routes not sent: %s", len(nlri), fam.name, err)
+                got = []
+            self._cache[key] = got
         else:
             self.hits += 1
         return got

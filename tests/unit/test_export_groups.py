@@ -117,3 +117,22 @@ def test_add_path_sends_every_path_with_our_tx_ids() -> None:
     )
     (upd,) = decode_all(out[ap.key], AP_RX)
     assert upd.withdraw[IPV4_UNICAST] == [(0x0AF40100, 24, 2)]
+
+
+def test_attributes_too_big_for_the_peer_are_skipped_not_fatal(caplog) -> None:
+    huge = PathAttributes(origin=0, communities=tuple(range(1, 1100)))  # 4.4 kB > 4096
+    rib = rib_with(
+        [(1, Path(C1, huge, (0xC612000B,))), (2, Path(C1, PathAttributes(origin=0), (0xC612000B,)))]
+    )
+    small, big = client(20), client(21, CodecContext(extended_message=True))
+    out = dict(
+        (m.key, msgs)
+        for m, msgs in export_changes(
+            IPV4_UNICAST, changes(rib), [small, big], LOCAL, AttrInterner()
+        )
+    )
+    # The 4096-byte peer gets the route that fits; the extended-message peer gets both.
+    assert sum(len(u.announce.get(IPV4_UNICAST, [])) for u in decode_all(out[small.key])) == 1
+    ext = CodecContext(extended_message=True)
+    assert sum(len(u.announce.get(IPV4_UNICAST, [])) for u in decode_all(out[big.key], ext)) == 2
+    assert "routes not sent" in caplog.text
