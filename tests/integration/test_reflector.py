@@ -134,3 +134,54 @@ def test_redundant_reflectors_in_one_cluster_survive_one_stopping(lab: Lab) -> N
     for kind, peer in clients.items():
         want = {(PREFIX[o], CLIENTS[o]) for o in CLIENTS if o != kind}
         assert want <= peer.routes("ipv4"), (kind, peer.routes("ipv4"))
+
+
+def test_reflectors_in_different_clusters_meshed_together(lab: Lab) -> None:
+    """RR1 (cluster A, BIRD client) and RR2 (cluster B, GoBGP client) peer as non-clients: each
+    client gets the other's route with both cluster-ids on the list, nearest first."""
+    require_root()
+    BirdPeer.require()
+    GobgpPeer.require()
+    rr1_ns, rr2_ns, bird_ns, gobgp_ns = (lab.netns() for _ in range(4))
+    bird_addr, gobgp_addr = CLIENTS["bird"], CLIENTS["gobgp"]
+    lab.bridge(
+        [rr1_ns, rr2_ns, bird_ns, gobgp_ns],
+        [f"{a}/24" for a in (RR1, RR2, bird_addr, gobgp_addr)],
+    )
+    cluster_a, cluster_b = "244.0.0.1", "244.0.0.2"
+    bird = BirdPeer(bird_ns, asn=ASN, router_id=bird_addr, local_addresses=[bird_addr],
+                    neighbors=[PeerNeighbor(RR1, ASN, hold_time=9, families=("ipv4",))])  # fmt: skip
+    gobgp = GobgpPeer(gobgp_ns, asn=ASN, router_id=gobgp_addr, local_addresses=[gobgp_addr],
+                      neighbors=[PeerNeighbor(RR2, ASN, hold_time=9, families=("ipv4",))])  # fmt: skip
+    bird.announce([PREFIX["bird"]])
+    gobgp.announce([PREFIX["gobgp"]])
+    bird.start()
+    gobgp.start()
+    client = {"route-reflector-client": True}
+    for ns, me, other, cl, mine in (
+        (rr1_ns, RR1, RR2, cluster_a, bird_addr),
+        (rr2_ns, RR2, RR1, cluster_b, gobgp_addr),
+    ):
+        RoutemeshSpeaker(
+            lab,
+            ns,
+            asn=ASN,
+            router_id=me,
+            neighbors=[
+                OurNeighbor(mine, ASN, hold_time=9, extra=client),
+                OurNeighbor(other, ASN, hold_time=9),
+            ],
+            listen=["0.0.0.0"],
+            extra_global={"cluster-id": cl},
+        ).start()
+    for peer, prefix, origin, clusters in (
+        (gobgp, PREFIX["bird"], bird_addr, (cluster_b, cluster_a)),
+        (bird, PREFIX["gobgp"], gobgp_addr, (cluster_a, cluster_b)),
+    ):
+        want = {(origin, origin, clusters)}
+        wait_for(
+            lambda p=peer, x=prefix, w=want: p.rr_view(x) == w,
+            timeout=60,
+            what=f"{peer} to get {prefix} across both clusters",
+            describe=lambda p=peer, x=prefix: f"{p.rr_view(x)}\n{p.log_tail()}",
+        )
