@@ -9,6 +9,8 @@ that lands in a block while GC looks at it wins and the block survives.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from bgpd.datastore.base import Datastore, KeyNotFoundError, KeyValue, RevisionConflictError
+from bgpd.datastore.base import (
+    Datastore,
+    DatastoreError,
+    KeyNotFoundError,
+    KeyValue,
+    RevisionConflictError,
+)
 from bgpd.model import Node
 from ipam.allocator import Ipam
 from ipam.block import Address, Block
@@ -78,6 +86,19 @@ class IpamGC:
     def _due(seen: dict[Any, float], key: object, now: float, grace: float) -> bool:
         first = seen.setdefault(key, now)
         return now - first >= grace
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Collect every ``interval`` seconds until ``stop`` is set. A failed pass (etcd away,
+        a malformed key) is logged and retried at the next tick; it never ends the loop."""
+        while not stop.is_set():
+            try:
+                result = await self.run_once()
+                if any(vars(result).values()):
+                    log.info("ipam gc: %s", result)
+            except (DatastoreError, IpamError) as exc:
+                log.warning("ipam gc pass failed, retrying in %.0fs: %s", interval, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def run_once(self) -> GCResult:
         """One full pass; call it periodically."""

@@ -8,6 +8,7 @@ import ipaddress
 
 import pytest
 
+from bgpd.datastore.base import UnavailableError
 from bgpd.datastore.memory import MemoryDatastore
 from bgpd.model import load_documents
 from ipam import Ipam
@@ -205,3 +206,38 @@ async def test_stale_affinity_keys_are_removed(store):
     result = await gc.run_once()
     assert result.removed_affinity_keys == [affinity_key("node-a", cidr)]
     assert (await check(store)).orphans == []
+
+
+class FlakyStore(MemoryDatastore):
+    """A real MemoryDatastore whose first ``failures`` list calls find the store unreachable."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def list(self, prefix: str):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise UnavailableError("etcd: no endpoint reachable")
+        return await super().list(prefix)
+
+
+async def test_the_gc_loop_survives_an_unreachable_store_and_stops_when_told():
+    flaky = FlakyStore(failures=0)
+    await apply(flaky, POOL + "---\n" + node_yaml("node-a"))
+    a = Ipam(flaky, "node-a")
+    await a.assign("h")
+    await flaky.delete(resource_key("Node", "node-a"))
+    flaky.failures = 2
+    gc = IpamGC(flaky, node_grace=0, clock=Clock())
+    stop = asyncio.Event()
+    task = asyncio.create_task(gc.run(0.01, stop))
+    for _ in range(500):
+        if flaky.failures == 0 and await a.host_blocks() == []:
+            break
+        await asyncio.sleep(0.01)
+    assert await a.host_blocks() == []  # a pass after the failed ones did the work
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert task.exception() is None
+    await flaky.close()
