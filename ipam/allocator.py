@@ -272,7 +272,13 @@ class Ipam:
             kv = await self.store.get(key)
             if kv is None:
                 return []
-            block = Block.from_json(kv.value, key)
+            try:
+                block = Block.from_json(kv.value, key)
+            except IpamError as exc:
+                # One corrupt block must not fail every pod on the host: skip it (ipam check
+                # names it) and let the caller try the next block or claim a new one.
+                log.warning("skipping unreadable block: %s", exc)
+                return []
             if not borrowing and block.host != self.host:
                 return []
             skip = view.reserved_ordinals(block.cidr)

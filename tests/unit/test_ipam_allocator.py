@@ -349,12 +349,14 @@ async def test_a_malformed_block_is_skipped_not_fatal(store):
     cidr = ipaddress.ip_network("10.244.0.0/30")
     await store.put(block_key(cidr), b"{garbage")
     await store.put(affinity_key("node-a", cidr), b"{}")
-    ipam = Ipam(store, "node-a")
-    with pytest.raises(IpamError, match="not JSON"):
-        await ipam.assign("h1")
-    # Another host never touches it: the claim skips a key that exists.
-    [a] = await Ipam(store, "node-b").assign("h2")
+    # node-a's affinity index leads to it: it is skipped and node-a claims another block.
+    [a] = await Ipam(store, "node-a").assign("h1")
     assert a not in cidr
+    # Another host never writes over it either: the claim skips a key that exists.
+    [b] = await Ipam(store, "node-b").assign("h2")
+    assert b not in cidr
+    assert await store.get(block_key(cidr)) is not None
+    assert (await store.get(block_key(cidr))).value == b"{garbage"
     report = await check(store)
     assert any("not JSON" in p for p in report.inconsistencies)
 
