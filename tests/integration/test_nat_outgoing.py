@@ -29,6 +29,9 @@ REMOTE_POD = "100.64.0.5"  # a workload of another pool, reached over the same l
 POD_A = "10.244.1.2"
 POD_B = "10.244.1.3"
 PORT = 8080
+HOST_OUT6 = "fd00:18::1"
+OUTSIDE6 = "fd00:18::2"
+POD_A6 = "fd00:244::2"
 ALLOW_PROFILE = """
 apiVersion: projectcalico.org/v3
 kind: Profile
@@ -42,9 +45,12 @@ FOREIGN = "-A POSTROUTING -s 172.17.0.0/16 -o nosuch0 -j MASQUERADE"
 # Answers every connection with the address it came from, then closes.
 PEER_SERVER = """
 import socket, sys
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+family = socket.AF_INET6 if sys.argv[2] == "6" else socket.AF_INET
+srv = socket.socket(family, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
+if family == socket.AF_INET6:
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+srv.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", int(sys.argv[1])))
 srv.listen(16)
 while True:
     conn, peer = srv.accept()
@@ -101,13 +107,22 @@ class World:
         self.out.ip("addr", "add", f"{REMOTE_POD}/32", "dev", "lo")
         self.host.ip("route", "add", "100.64.0.0/10", "via", OUTSIDE)
         self.out.ip("route", "add", "10.244.0.0/16", "via", HOST_OUT)
+        # IPv6 for workload a: a /128, gateway fe80::1 on the host side of its veth.
+        self.a.add_address("eth0", f"{POD_A6}/128")
+        self.host.add_address("calia", "fe80::1/64")
+        self.host.ip("-6", "route", "add", f"{POD_A6}/128", "dev", "calia")
+        self.a.ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        self.host.add_address("up0", f"{HOST_OUT6}/64")
+        self.out.add_address("eth0", f"{OUTSIDE6}/64")
+        self.out.ip("-6", "route", "add", "fd00:244::/64", "via", HOST_OUT6)
         script = lab.tmpdir("nat") / "peer_server.py"
         script.write_text(PEER_SERVER)
         for ns in (self.out, self.b):
-            ns.popen(["python3", str(script), str(PORT)])
-        for ns in (self.out, self.b):
+            ns.popen(["python3", str(script), str(PORT), "4"])
+        self.out.popen(["python3", str(script), str(PORT + 1), "6"])
+        for ns, port in ((self.out, PORT), (self.b, PORT), (self.out, PORT + 1)):
             deadline = time.monotonic() + 10
-            while not ns.tcp_listening(PORT):
+            while not ns.tcp_listening(port):
                 assert time.monotonic() < deadline, f"peer server in {ns} did not start"
                 time.sleep(0.1)
         # An operator's (or Docker's) own nat rule, there before us: it must stay.
@@ -115,9 +130,10 @@ class World:
 
     def peer_seen(self, wl: Netns, dst: str) -> str | None:
         """The source address `dst`'s server saw for a new TCP connection from `wl`."""
+        port = PORT + 1 if ":" in dst else PORT
         code = (
             "import socket,sys\n"
-            f"s=socket.create_connection(({dst!r},{PORT}),timeout=2)\n"
+            f"s=socket.create_connection(({dst!r},{port}),timeout=2)\n"
             "sys.stdout.write(s.makefile().readline())\n"
         )
         res = wl.run(["python3", "-c", code], check=False, timeout=10)
@@ -260,18 +276,33 @@ async def test_policy_reconcile_in_the_same_namespace_keeps_nat(world: World) ->
     assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == HOST_OUT
 
 
-async def test_ipv6_chain_and_sets_live(world: World) -> None:
+async def test_ipv6_workload_to_outside_is_masqueraded_by_the_loop(world: World) -> None:
     require_binary("ip6tables-nft-restore")
-    nat = NatOutgoing(local_runner(world.host.name), 6)
-    pools = [pool("v6", "fd00:10::/64", nat=True), pool("v4", "10.244.0.0/16", nat=True)]
-    nat.reconcile(pools)
-    save = world.host.run(["ip6tables-nft-save", "-t", "nat"]).stdout
-    assert "-m set --match-set cali60masq-ipam-pools src" in save
-    assert "! --match-set cali60all-ipam-pools dst -j MASQUERADE --random-fully" in save
-    assert "add cali60masq-ipam-pools fd00:10::/64" in world.sets()
-    assert "cali40" not in world.sets()
-    again = nat.reconcile(pools)
-    assert again.ipset_batch == "" and again.iptables_batch == ""
-    nat.remove()
+    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE6) == POD_A6
+    datastore = MemoryDatastore()
+    store = ResourceStore(datastore)
+    await store.apply(pool("v6", "fd00:244::/64", nat=True))
+    await store.apply(pool("v4", "10.244.0.0/16", nat=False))
+    stop = asyncio.Event()
+    # Both families, as the agent runs it by default.
+    task = asyncio.create_task(run_nat_outgoing(store, stop, 60.0, netns=world.host.name))
+    try:
+        await eventually(
+            lambda: world.peer_seen(world.a, OUTSIDE6) == HOST_OUT6, "IPv6 workload masqueraded"
+        )
+        save6 = world.host.run(["ip6tables-nft-save", "-t", "nat"]).stdout
+        assert "-m set --match-set cali60masq-ipam-pools src" in save6
+        assert "! --match-set cali60all-ipam-pools dst -j MASQUERADE --random-fully" in save6
+        assert "add cali60masq-ipam-pools fd00:244::/64" in world.sets()
+        # The IPv4 pool has no NAT: its chain stays empty and IPv4 leaves unchanged.
+        assert world.chain_rules() == []
+        assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == POD_A
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await datastore.close()
+    nat6 = NatOutgoing(local_runner(world.host.name), 6)
+    nat6.remove()
     assert "cali60" not in world.sets()
     assert CHAIN not in world.host.run(["ip6tables-nft-save", "-t", "nat"]).stdout
+    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE6) == POD_A6
