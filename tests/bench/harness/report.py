@@ -17,8 +17,16 @@ from tests.bench.harness.scenarios import RunResult
 
 OURS = "routemesh"
 # Metrics where smaller is better; all of ours are.
-TIME_METRICS = ("rib_s", "fib_s", "withdraw_rib_s", "withdraw_fib_s", "all_clients_s",
-                "withdraw_all_clients_s")  # fmt: skip
+TIME_METRICS = (
+    "rib_s",
+    "fib_s",
+    "settle_s",
+    "withdraw_rib_s",
+    "withdraw_fib_s",
+    "withdraw_settle_s",
+    "all_clients_s",
+    "withdraw_all_clients_s",
+)  # fmt: skip
 ALL_METRICS = (*TIME_METRICS, "peak_rss_mib", "cpu_s", "withdraw_cpu_s")
 
 
