@@ -10,6 +10,8 @@ Loc-RIB change of a prefix with its multipath set, best first, or None when the 
 Calls start once initial convergence is done (`Daemon.converged` is set then), beginning with
 the whole table. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
 `Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
+`run_daemon` passes no sink; whoever wires the FIB passes one only when `[fib] enabled` says so
+(it defaults to false on a dedicated reflector, i.e. with `cluster-id` set).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from bgpd.config import Config, ConfigError, NeighborConfig, load_config
 from bgpd.control import ControlServer
+from bgpd.neighbors import Peer, SyncJob, global_ipv6_address, status_row
 from bgpd.reflector.export import ExportPolicy, LocalView, import_loop
 from bgpd.reflector.filters import apply_filter
 from bgpd.reflector.groups import EncodeCache, Outbound, export_changes
@@ -40,7 +42,6 @@ from bgpd.speaker.events import (
     RouteRefreshReceived,
     SessionDown,
     SessionEstablished,
-    State,
     StateChanged,
     UpdateReceived,
 )
@@ -52,7 +53,7 @@ from bgpd.speaker.messages import (
     Update,
     encode_end_of_rib,
 )
-from bgpd.speaker.rib import AdjRibIn, AttrInterner, Destination, LocRib, Source
+from bgpd.speaker.rib import AttrInterner, Destination, LocRib, Source
 from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.ribview import route_rows
 from bgpd.speaker.transport import Listener, PeerDriver, PeerEndpoint
@@ -71,56 +72,6 @@ SLICE = 2000  # prefixes decided/exported per worker step before yielding to the
 LOCAL_SOURCE = Source("", 0, 0, 0, False, local=True)
 
 RouteSink = Callable[[Family, Prefix, tuple[RibPath, ...] | None], None]
-
-
-@dataclass(slots=True)
-class Peer:
-    """Everything the daemon keeps about one neighbor."""
-
-    config: NeighborConfig
-    driver: PeerDriver
-    rib_in: AdjRibIn = field(default_factory=AdjRibIn)
-    out: Outbound | None = None  # set while Established
-    source: Source | None = None
-    negotiated: Negotiated | None = None
-    eor_received: set[Family] = field(default_factory=set)
-    wall_established: float | None = None
-    gen: int = 0  # bumped per session, so queued work for an old session is dropped
-    stale: set[Family] = field(default_factory=set)
-    stale_timer: asyncio.TimerHandle | None = None
-    hard_reset: bool = False
-    max_prefix_warned: bool = False
-    restart_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def session(self) -> Session:
-        return self.driver.session
-
-
-@dataclass(slots=True)
-class SyncJob:
-    """A full-table send to one peer/family: initial sync or route refresh out, in slices."""
-
-    peer: Peer
-    fam: Family
-    gen: int
-    prefixes: list[Prefix]
-    pos: int = 0
-    force: bool = False
-    enhanced: bool = False
-
-
-def global_ipv6_address() -> str | None:
-    """First global IPv6 address of this network namespace, read from /proc (no netlink)."""
-    try:
-        lines = Path("/proc/net/if_inet6").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hexaddr, _idx, _plen, scope, _flags, ifname = line.split()
-        if scope == "00" and ifname != "lo":
-            return str(ipaddress.IPv6Address(bytes.fromhex(hexaddr)))
-    return None
 
 
 class Daemon:
@@ -792,39 +743,7 @@ class Daemon:
         raise ValueError(f"unknown command {cmd!r}")
 
     def status(self) -> list[dict[str, Any]]:
-        rows = []
-        for peer in self.peers.values():
-            s = peer.session
-            uptime = (
-                round(time.time() - peer.wall_established, 1)
-                if peer.wall_established is not None and s.state is State.ESTABLISHED
-                else 0
-            )
-            rows.append(
-                {
-                    "peer": peer.config.address,
-                    "remote_asn": peer.config.remote_asn,
-                    "type": "internal"
-                    if peer.config.remote_asn == self.config.global_.asn
-                    else "external",
-                    "state": s.state.value,
-                    "uptime_s": uptime,
-                    "prefixes_received": peer.rib_in.received_count(),
-                    "prefixes_accepted": peer.rib_in.accepted_count(),
-                    "prefixes_advertised": peer.out.rib_out.count() if peer.out else 0,
-                    "last_error": s.last_error,
-                    "families": sorted(
-                        f.name for f in (s.negotiated.families if s.negotiated else ())
-                    ),
-                    "messages_in": dict(s.messages_in),
-                    "messages_out": dict(s.messages_out),
-                    "established_count": s.established_count,
-                    "route_reflector_client": peer.config.route_reflector_client,
-                    "stale": sorted(f.name for f in peer.stale),
-                    "eor_received": sorted(f.name for f in peer.eor_received),
-                }
-            )
-        return rows
+        return [status_row(peer, self.config.global_.asn) for peer in self.peers.values()]
 
     def routes(self, family: str | None = None) -> list[dict[str, Any]]:
         return route_rows(self.loc_rib, self.decision, family)

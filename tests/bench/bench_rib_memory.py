@@ -13,7 +13,8 @@ import tracemalloc
 import pytest
 
 from bgpd.config import parse_config
-from bgpd.daemon import Daemon, Peer
+from bgpd.daemon import Daemon
+from bgpd.neighbors import Peer
 from bgpd.speaker.attributes import AS_SEQUENCE, PathAttributes
 from bgpd.speaker.messages import Update
 from bgpd.speaker.rib import Source
