@@ -9,6 +9,10 @@ impossible as written. It is run here in the two forms that keep its intent:
   finds exactly 4,000 unique addresses, no double allocation and no orphan;
 - the /24 pool with blockSize 29 filled exactly: 8 processes x 32 = 256 addresses, after which
   one more allocation must fail with PoolExhaustedError.
+
+Equal demands that are multiples of the block size never need to borrow (every host fills its
+own blocks), so borrowing is forced separately: uneven demands that fill the /24 exactly but
+would need 36 blocks of 8 without it.
 """
 
 from __future__ import annotations
@@ -85,11 +89,14 @@ def allocator_process(endpoint: str, host: str, count: int, go: Any, out: Any) -
         out.put({"host": host, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_allocators(endpoint: str, count: int) -> list[dict[str, Any]]:
+def run_allocators(endpoint: str, counts: int | list[int]) -> list[dict[str, Any]]:
+    """One process per host in HOSTS, ``counts`` allocations each (or per host), all at once."""
     ctx = multiprocessing.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
+    per_host = counts if isinstance(counts, list) else [counts] * len(HOSTS)
     procs = [
-        ctx.Process(target=allocator_process, args=(endpoint, h, count, go, out)) for h in HOSTS
+        ctx.Process(target=allocator_process, args=(endpoint, h, n, go, out))
+        for h, n in zip(HOSTS, per_host)
     ]
     for p in procs:
         p.start()
@@ -177,6 +184,37 @@ async def test_eight_processes_fill_a_slash_24_exactly_then_it_is_exhausted(etcd
         assert report.allocated == report.unique == 256
         assert report.double_allocations == [] and report.orphans == []
         assert report.inconsistencies == []
+    finally:
+        await store.close()
+
+
+async def test_uneven_demand_on_a_slash_24_forces_borrowing(etcd_server):
+    """Demands that are not multiples of the block size: without borrowing they would need
+    36 blocks of 8, and the /24 has 32, so some host must borrow from another host's block."""
+    demand = [61, 50, 37, 33, 29, 22, 15, 9]
+    assert sum(demand) == 256 and sum(-(-d // 8) for d in demand) == 36
+    endpoint = etcd_server.endpoint
+    await seed(endpoint, resources("10.244.0.0/24", 29))
+    results = await asyncio.to_thread(run_allocators, endpoint, demand)
+    addresses = [a for r in results for a in r["addresses"]]
+    assert len(set(addresses)) == len(addresses) == 256
+    totals = summary(results)
+    print("ipam /24 uneven:", totals)
+    assert totals["borrows"] > 0
+
+    store = EtcdDatastore([endpoint])
+    try:
+        with pytest.raises(PoolExhaustedError):
+            await Ipam(store, HOSTS[7]).assign("one-too-many")
+        for r in results:
+            ipam = Ipam(store, r["host"])
+            # What the speaker must advertise as /32s is exactly what this host borrowed.
+            assert len(await ipam.borrowed()) == r["borrows"]
+            mine = {str(a) for a in await ipam.borrowed()}
+            assert mine <= set(r["addresses"])
+        report = await check(store)
+        assert report.allocated == report.unique == 256
+        assert report.double_allocations == [] and report.orphans == []
     finally:
         await store.close()
 
