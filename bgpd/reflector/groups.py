@@ -193,7 +193,7 @@ def _member_diff(
                 if batch is None:
                     batch = ann[k] = (d[1], [])
                 batch[1].append((addr, plen, d[0]))
-    m.rib_out.sent += delta
+    m.rib_out.sent[fam] = m.rib_out.sent.get(fam, 0) + delta
     msgs: list[bytes] = []
     if wd:
         msgs += encoder.withdraw(m.ctx, fam, tuple(wd))

@@ -140,10 +140,14 @@ class AdjRibIn:
             t = self.tables[fam] = {}
         return t
 
-    def accepted_count(self) -> int:
+    def accepted_count(self, fam: Family | None = None) -> int:
+        if fam is not None:
+            return len(self.tables.get(fam, ()))
         return sum(len(t) for t in self.tables.values())
 
-    def received_count(self) -> int:
+    def received_count(self, fam: Family | None = None) -> int:
+        if fam is not None:
+            return self.accepted_count(fam) + len(self.rejected.get(fam, ()))
         return self.accepted_count() + sum(len(r) for r in self.rejected.values())
 
     def clear(self, fam: Family | None = None) -> None:
@@ -168,7 +172,8 @@ class AdjRibOut:
 
     def __init__(self) -> None:
         self.tables: dict[Family, dict[Prefix, Sent]] = {}
-        self.sent = 0
+        # Paths sent per family (a prefix counts once per path with ADD-PATH).
+        self.sent: dict[Family, int] = {}
 
     def table(self, fam: Family) -> dict[Prefix, Sent]:
         t = self.tables.get(fam)
@@ -176,12 +181,14 @@ class AdjRibOut:
             t = self.tables[fam] = {}
         return t
 
-    def count(self) -> int:
-        return self.sent
+    def count(self, fam: Family | None = None) -> int:
+        if fam is not None:
+            return self.sent.get(fam, 0)
+        return sum(self.sent.values())
 
     def clear(self) -> None:
         self.tables.clear()
-        self.sent = 0
+        self.sent.clear()
 
 
 Decider = Callable[[Family, list[Path]], Outcome]

@@ -57,7 +57,7 @@ def test_prefixes_sharing_attributes_go_in_one_update_and_members_share_bytes() 
     (upd,) = decode_all(first)
     assert len(upd.announce[IPV4_UNICAST]) == 50
     assert upd.attrs.originator_id == C1.router_id and upd.attrs.cluster_list == (0xF4000001,)
-    assert all(m.rib_out.count() == 50 for m in members)
+    assert all(m.rib_out.count() == 50 == m.rib_out.count(IPV4_UNICAST) for m in members)
 
 
 def test_source_member_gets_nothing_and_others_get_it() -> None:

@@ -72,5 +72,6 @@ def test_adj_rib_in_counts() -> None:
     rin.table(IPV4_UNICAST)[(1, 32, 0)] = mk(A)
     rin.rejected.setdefault(IPV4_UNICAST, set()).add((2, 32, 0))
     assert (rin.accepted_count(), rin.received_count()) == (1, 2)
+    assert (rin.accepted_count(IPV4_UNICAST), rin.received_count(IPV6_UNICAST)) == (1, 0)
     rin.clear(IPV4_UNICAST)
     assert rin.received_count() == 0
