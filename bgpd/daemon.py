@@ -113,6 +113,7 @@ class Daemon:
         self._export_enabled = not self.restarting
         self._awaiting_eor = {nb.address for nb in config.neighbors}
         self._sync_jobs: list[SyncJob] = []
+        self._sync_encoder = EncodeCache(maxsize=256)
         self._work = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._defer_timer: asyncio.TimerHandle | None = None
@@ -615,8 +616,18 @@ class Daemon:
         chunk = job.prefixes[job.pos : job.pos + SLICE]
         job.pos += len(chunk)
         items = [(p, table.get(p)) for p in chunk]
+        # Peers that connect together walk the same table snapshot in the same slices, so a
+        # long-lived encoder lets them share the UPDATE bytes as an update group does.
         self._send_all(
-            export_changes(job.fam, items, [peer.out], self.local, self.interner, force=job.force)
+            export_changes(
+                job.fam,
+                items,
+                [peer.out],
+                self.local,
+                self.interner,
+                self._sync_encoder,
+                force=job.force,
+            )
         )
         if job.pos >= len(job.prefixes):
             self._sync_jobs.pop(0)

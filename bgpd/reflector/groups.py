@@ -42,9 +42,15 @@ Change = tuple[Prefix, Destination | None]
 class EncodeCache:
     """Encoded UPDATEs by content, shared by every member that needs the same batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, maxsize: int = 4096) -> None:
         self._cache: dict[tuple, list[bytes]] = {}
+        self.maxsize = maxsize
         self.hits = 0
+
+    def _room(self) -> None:
+        # Entries are keyed by content, so they never go stale; only memory bounds them.
+        if len(self._cache) >= self.maxsize:
+            self._cache.clear()
 
     def announce(
         self,
@@ -57,6 +63,7 @@ class EncodeCache:
         key = ("a", ctx, fam, attrs, nh, nlri)
         got = self._cache.get(key)
         if got is None:
+            self._room()
             try:
                 got = encode_updates(ctx, fam, attrs, nlri, nh)
             except ValueError as err:
@@ -73,6 +80,7 @@ class EncodeCache:
         key = ("w", ctx, fam, nlri)
         got = self._cache.get(key)
         if got is None:
+            self._room()
             got = self._cache[key] = encode_withdrawals(ctx, fam, nlri)
         else:
             self.hits += 1
