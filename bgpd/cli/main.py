@@ -17,7 +17,7 @@ Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.
 VERBS: dict[str, Verb] = {
     "demo": ("run the demo lab in network namespaces", demo.add_args, demo.run),
     "bgpd": ("run the standalone BGP daemon", bgp.add_daemon_args, bgp.run_daemon_cmd),
-    "bgp": ("ask a running bgpd (status, routes)", bgp.add_bgp_args, bgp.run_bgp_cmd),
+    "bgp": ("ask a running bgpd (status, routes, refresh)", bgp.add_bgp_args, bgp.run_bgp_cmd),
     "selector": ("evaluate a Calico selector", selector.add_args, selector.run),
     "ipam": ("IP address management: show, check, release, configure", ipam.add_args, ipam.run),
     "policy": ("explain which policies decide an endpoint's traffic", policy.add_args, policy.run),
