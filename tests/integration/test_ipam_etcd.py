@@ -256,3 +256,37 @@ async def test_gc_on_etcd_returns_a_deleted_nodes_blocks_and_releases_leaks(etcd
         assert len(kvs) == 1
     finally:
         await store.close()
+
+
+def routemesh(endpoint: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bgpd.cli.main", "ipam", *argv, "--datastore", f"etcd://{endpoint}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_cli_configure_show_release_on_etcd(etcd_server):
+    endpoint = etcd_server.endpoint
+    await seed(endpoint, resources("10.244.0.0/29", 30))
+    res = await asyncio.to_thread(routemesh, endpoint, "configure", "--strictaffinity=true")
+    assert (res.returncode, res.stdout.strip()) == (0, "Successfully set StrictAffinity to: true")
+    store = EtcdDatastore([endpoint])
+    try:
+        a, b = Ipam(store, "node-0"), Ipam(store, "node-1")
+        got = await a.assign("k8s-pod-network.c1", ipv4=4, attrs={"pod": "web"})
+        await b.assign("k8s-pod-network.c2")
+        # Strict affinity, set through the CLI, stops node-0 from borrowing node-1's addresses.
+        with pytest.raises(PoolExhaustedError, match="strictAffinity"):
+            await a.assign("k8s-pod-network.c3")
+        res = await asyncio.to_thread(routemesh, endpoint, "show", "--ip", str(got[0]))
+        assert res.returncode == 0
+        assert f"IP {got[0]} is in use" in res.stdout and "pod: web" in res.stdout
+        res = await asyncio.to_thread(routemesh, endpoint, "release", "--ip", str(got[0]))
+        assert res.stdout.strip() == f"Successfully released IP address {got[0]}"
+        [again] = await a.assign("k8s-pod-network.c3")
+        assert again == got[0]
+        res = await asyncio.to_thread(routemesh, endpoint, "show", "--show-blocks")
+        assert res.returncode == 0
+        assert "| IP Pool  | 10.244.0.0/29 | 8         | 5 (62%)    | 3 (38%)  |" in res.stdout
+    finally:
+        await store.close()
