@@ -726,9 +726,15 @@ class Daemon:
             if peer.out is not None and peer.negotiated is not None and self._export_enabled:
                 for fam in sorted(peer.negotiated.families):
                     self._start_sync(peer, fam)
-        self.config = replace(self.config, neighbors=new.neighbors, filters=new.filters)
+        added = sorted({nb.address for nb in new.neighbors} - set(self.peers))
+        removed = sorted(set(self.peers) - {nb.address for nb in new.neighbors})
+        if added or removed:
+            # Sessions are made at start; adding or removing one needs a restart.
+            log.warning("reload: neighbors added %s / removed %s need a restart", added, removed)
+        neighbors = tuple(self.peers[a].config for a in self.peers)
+        self.config = replace(self.config, neighbors=neighbors, filters=new.filters)
         log.info("configuration reloaded: %s", ", ".join(changed) or "no neighbor changed")
-        return {"changed": changed}
+        return {"changed": changed, "need_restart": added + removed}
 
     def _reload_logged(self) -> None:
         try:

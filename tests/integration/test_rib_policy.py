@@ -116,7 +116,10 @@ def test_import_filter_reject_and_refresh_in_after_filter_change(lab: Lab) -> No
     assert "10.244.6.0/24" not in {p for p, _ in bird.routes("ipv4")}
 
     # Change the filter: nothing moves until the peer's routes are asked for again.
-    assert ours.reload(FILTER.format(cidr="10.244.5.0/24")) == {"changed": [GOBGP]}
+    assert ours.reload(FILTER.format(cidr="10.244.5.0/24")) == {
+        "changed": [GOBGP],
+        "need_restart": [],
+    }
     assert learned(ours, GOBGP) == {"10.244.5.0/24"}
     sent_before = ours.peer_status(GOBGP)["messages_out"]["route_refresh"]
     assert ours.refresh(GOBGP, "in")["in"] == ["ipv4-unicast"]
