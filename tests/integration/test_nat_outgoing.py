@@ -133,10 +133,10 @@ class World:
         port = PORT + 1 if ":" in dst else PORT
         code = (
             "import socket,sys\n"
-            f"s=socket.create_connection(({dst!r},{port}),timeout=2)\n"
+            f"s=socket.create_connection(({dst!r},{port}),timeout=5)\n"
             "sys.stdout.write(s.makefile().readline())\n"
         )
-        res = wl.run(["python3", "-c", code], check=False, timeout=10)
+        res = wl.run(["python3", "-c", code], check=False, timeout=20)
         return res.stdout.strip() if res.returncode == 0 else None
 
     def nat_save(self) -> str:
@@ -278,7 +278,8 @@ async def test_policy_reconcile_in_the_same_namespace_keeps_nat(world: World) ->
 
 async def test_ipv6_workload_to_outside_is_masqueraded_by_the_loop(world: World) -> None:
     require_binary("ip6tables-nft-restore")
-    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE6) == POD_A6
+    # The new links' own link-local addresses finish DAD first; until then NDP cannot run.
+    await eventually(lambda: world.peer_seen(world.a, OUTSIDE6) == POD_A6, "IPv6 path up")
     datastore = MemoryDatastore()
     store = ResourceStore(datastore)
     await store.apply(pool("v6", "fd00:244::/64", nat=True))
