@@ -83,10 +83,12 @@ def masq_rule(version: int) -> str:
     return f"{src} {dst} -j MASQUERADE --random-fully"
 
 
-def desired_chain(version: int, active: bool) -> tuple[tuple[str, str], ...]:
-    """(hash, rule text) for `cali-nat-outgoing`; empty while no pool has natOutgoing, as in
-    Felix, so a host without NAT pools masquerades nothing but keeps the chain in place."""
-    return (_tag(masq_rule(version)),) if active else ()
+def desired_chain(version: int) -> tuple[tuple[str, str], ...]:
+    """(hash, rule text) for `cali-nat-outgoing`. Felix empties the chain while no pool has
+    natOutgoing; we keep the rule (an empty masq set matches nothing) so our sets are always
+    referenced: the policy dataplane claims every `cali40…` set and destroys those it did not
+    make, which the kernel refuses only while a rule uses them."""
+    return (_tag(masq_rule(version)),)
 
 
 def hook_line() -> str:
@@ -244,7 +246,7 @@ class NatOutgoing:
         assert self._table is not None
         want_sets = desired_sets(pools, self.version)
         active = bool(want_sets[MASQ_SET[self.version]].members)
-        chain = desired_chain(self.version, active)
+        chain = desired_chain(self.version)
         try:
             set_diff = ipsets.diff(self._sets, want_sets)
         except ValueError as exc:

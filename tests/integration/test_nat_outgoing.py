@@ -211,7 +211,8 @@ async def test_workload_to_outside_is_masqueraded_only_with_nat_outgoing(world: 
             await eventually(
                 lambda: world.peer_seen(world.a, OUTSIDE) == POD_A, "NAT off: workload address"
             )
-            assert world.chain_rules() == []
+            assert len(world.chain_rules()) == 1  # kept: an empty masq set matches nothing
+            assert "add cali40masq-ipam-pools" not in world.sets()
             assert "add cali40all-ipam-pools 10.244.0.0/16" in world.sets()
 
             pods = await store.get(IPPool, "pods")
@@ -252,13 +253,13 @@ async def test_workload_to_outside_is_masqueraded_only_with_nat_outgoing(world: 
 
 
 async def test_policy_reconcile_in_the_same_namespace_keeps_nat(world: World) -> None:
-    # The policy dataplane counts every cali40… set as its own and tries to destroy ours; the
-    # kernel refuses while our rule references them. This pins that NAT survives it.
+    # The policy dataplane counts every cali40… set as its own and destroys those it did not
+    # make; the kernel refuses while a rule references them, and our rule always does (even
+    # with no NAT pool). This pins that NAT survives it, idle or active.
     runner = local_runner(world.host.name)
     nat = NatOutgoing(runner, 4)
-    pools = [pool("pods", "10.244.0.0/16", nat=True)]
-    nat.reconcile(pools)
-    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == HOST_OUT
+    idle = [pool("pods", "10.244.0.0/16", nat=False)]
+    nat.reconcile(idle)
     # Policy that lets the workload out (its namespace profile allows everything).
     compiler = PolicyCompiler(4, node="node1")
     compiler.set_resources(load_documents(ALLOW_PROFILE))
@@ -268,11 +269,19 @@ async def test_policy_reconcile_in_the_same_namespace_keeps_nat(world: World) ->
     assert any(ln.startswith("-A cali-fw-calia ") for ln in world.host.run(
         ["iptables-nft-save", "-t", "filter"]).stdout.splitlines())  # fmt: skip
     assert "create cali40masq-ipam-pools" in world.sets()
-    stats = nat.reconcile(pools)
+    assert "create cali40all-ipam-pools" in world.sets()
+    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == POD_A
+
+    # NAT turns on with a plain apply (no kernel read): the sets it believes in are there.
+    active = [pool("pods", "10.244.0.0/16", nat=True)]
+    assert nat.apply(active).iptables_batch == ""
+    assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == HOST_OUT
+    await asyncio.to_thread(policy.reconcile, compiler.ruleset())
+    stats = nat.reconcile(active)
     assert stats.ipset_batch == "" and stats.iptables_batch == ""
     assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == HOST_OUT
     policy.remove_all()
-    assert nat.reconcile(pools).iptables_batch == ""
+    assert nat.reconcile(active).iptables_batch == ""
     assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == HOST_OUT
 
 
@@ -295,8 +304,8 @@ async def test_ipv6_workload_to_outside_is_masqueraded_by_the_loop(world: World)
         assert "-m set --match-set cali60masq-ipam-pools src" in save6
         assert "! --match-set cali60all-ipam-pools dst -j MASQUERADE --random-fully" in save6
         assert "add cali60masq-ipam-pools fd00:244::/64" in world.sets()
-        # The IPv4 pool has no NAT: its chain stays empty and IPv4 leaves unchanged.
-        assert world.chain_rules() == []
+        # The IPv4 pool has no NAT: its masq set is empty and IPv4 leaves unchanged.
+        assert "add cali40masq-ipam-pools" not in world.sets()
         assert await asyncio.to_thread(world.peer_seen, world.a, OUTSIDE) == POD_A
     finally:
         stop.set()

@@ -84,11 +84,11 @@ def test_rule_is_calicos() -> None:
     assert "! --match-set cali60all-ipam-pools dst" in masq_rule(6)
 
 
-def test_chain_is_empty_while_no_pool_has_nat_outgoing() -> None:
-    assert desired_chain(4, active=False) == ()
-    ((digest, text),) = desired_chain(4, active=True)
+def test_chain_holds_the_rule_even_without_nat_pools() -> None:
+    # An empty masq set matches nothing, and the rule keeps our sets referenced.
+    ((digest, text),) = desired_chain(4)
     assert text == f'-m comment --comment "cali:{digest}" {masq_rule(4)}'
-    assert desired_chain(6, True)[0][0] != digest
+    assert desired_chain(6)[0][0] != digest
 
 
 # --- reading the nat table --------------------------------------------------------------------
@@ -120,7 +120,7 @@ FOREIGN_MASQ = "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"
 
 
 def test_parse_finds_only_our_chain_and_hook() -> None:
-    ((digest, text),) = desired_chain(4, True)
+    ((digest, text),) = desired_chain(4)
     state = parse_nat_save(nat_save([hook_line(), FOREIGN_MASQ], [text]))
     assert state == NatTableState((digest,), [hook_line()], True)
 
@@ -143,13 +143,13 @@ def test_parse_untagged_rule_and_missing_chain() -> None:
 
 
 def test_steady_state_writes_nothing() -> None:
-    chain = desired_chain(4, True)
+    chain = desired_chain(4)
     state = parse_nat_save(nat_save([hook_line(), FOREIGN_MASQ], [chain[0][1]]))
     assert restore_text(state, chain) == ""
 
 
 def test_first_apply_creates_chain_and_hook_and_leaves_foreign_rules() -> None:
-    chain = desired_chain(4, True)
+    chain = desired_chain(4)
     text = restore_text(parse_nat_save(nat_save([FOREIGN_MASQ], [])), chain)
     assert text.splitlines() == [
         "*nat",
@@ -161,7 +161,7 @@ def test_first_apply_creates_chain_and_hook_and_leaves_foreign_rules() -> None:
 
 
 def test_misplaced_hook_is_moved_without_rewriting_the_chain() -> None:
-    chain = desired_chain(4, True)
+    chain = desired_chain(4)
     state = parse_nat_save(nat_save([FOREIGN_MASQ, hook_line()], [chain[0][1]]))
     lines = restore_text(state, chain).splitlines()
     assert lines == [
@@ -172,11 +172,13 @@ def test_misplaced_hook_is_moved_without_rewriting_the_chain() -> None:
     ]
 
 
-def test_going_idle_empties_the_chain_and_keeps_the_hook() -> None:
-    state = parse_nat_save(nat_save([hook_line()], [desired_chain(4, True)[0][1]]))
-    assert restore_text(state, desired_chain(4, False)).splitlines() == [
+def test_a_foreign_rule_in_our_chain_makes_us_rewrite_it() -> None:
+    chain = desired_chain(4)
+    state = parse_nat_save(nat_save([hook_line()], [chain[0][1], "-j MASQUERADE"]))
+    assert restore_text(state, chain).splitlines() == [
         "*nat",
         f":{CHAIN} - [0:0]",
+        f"-A {CHAIN} {chain[0][1]}",
         "COMMIT",
     ]
 
@@ -249,16 +251,21 @@ def test_apply_sends_only_set_members_when_nat_stays_active() -> None:
     ]
 
 
-def test_apply_rewrites_the_chain_only_when_nat_turns_on_or_off() -> None:
+def test_turning_nat_on_and_off_touches_only_the_masq_set() -> None:
     kernel = Kernel()
     nat = NatOutgoing(kernel, 4)
-    nat.apply([pool("a", "10.244.0.0/16")])
+    first = nat.apply([pool("a", "10.244.0.0/16")])
+    # The rule is there from the start (its masq set empty), so it never needs rewriting.
+    assert f"-A {CHAIN} {desired_chain(4)[0][1]}" in first.iptables_batch.splitlines()
     kernel.calls.clear()
-    stats = nat.apply([pool("a", "10.244.0.0/16", nat=True)])
-    assert stats.ipset_batch == "add cali40masq-ipam-pools 10.244.0.0/16\n"
-    assert stats.iptables_batch.splitlines() == ["*nat", f":{CHAIN} - [0:0]",
-                                                 f"-A {CHAIN} {desired_chain(4, True)[0][1]}",
-                                                 "COMMIT"]  # fmt: skip
+    on = nat.apply([pool("a", "10.244.0.0/16", nat=True)])
+    assert (on.ipset_batch, on.iptables_batch) == ("add cali40masq-ipam-pools 10.244.0.0/16\n", "")
+    off = nat.apply([pool("a", "10.244.0.0/16")])
+    assert (off.ipset_batch, off.iptables_batch) == (
+        "del cali40masq-ipam-pools 10.244.0.0/16\n",
+        "",
+    )
+    assert [tool for tool, _ in kernel.calls] == ["ipset restore", "ipset restore"]
 
 
 def test_refused_iptables_batch_undoes_the_sets_and_names_the_line() -> None:
