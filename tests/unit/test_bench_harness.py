@@ -17,7 +17,7 @@ from tests.bench.harness import feeds
 from tests.bench.harness.procstat import parse_fib_triestat
 from tests.bench.harness.report import Results, summarize, target_lines
 from tests.bench.harness.scenarios import RunResult
-from tests.bench.harness.speaker import count_update
+from tests.bench.harness.speaker import PrefixTracker, count_update
 
 CTX = CodecContext()
 NH = 0xC6120001  # 198.18.0.1
@@ -111,6 +111,31 @@ def test_count_update_matches_the_decoder_and_ignores_foreign_prefixes() -> None
         (NH,),
     )
     assert count_update(mixed[0][19:]) == (1, 0)
+
+
+def test_tracker_counts_each_prefix_once_and_never_below_zero() -> None:
+    tracker = PrefixTracker(1000)
+    announce = feeds.shared_updates(CTX, 1000, NH, ATTRS)
+    for msg in announce + announce[:1]:  # the first UPDATE repeated: no prefix counts twice
+        tracker.apply(msg[19:])
+    assert tracker.count == 1000
+    for msg in feeds.withdraw_updates(CTX, 1000) + feeds.withdraw_updates(CTX, 10):
+        tracker.apply(msg[19:])
+    assert tracker.count == 0
+    assert not any(tracker.held)
+
+
+def test_tracker_ignores_foreign_prefixes_and_reads_mixed_lengths() -> None:
+    tracker = PrefixTracker(100)
+    mixed = encode_updates(
+        CTX,
+        IPV4_UNICAST,
+        PathAttributes(origin=0, local_pref=100),
+        [(0xC6120000, 30, 0), feeds.prefix_nlri(3), feeds.prefix_nlri(500)],
+        (NH,),
+    )
+    tracker.apply(mixed[0][19:])
+    assert tracker.count == 1 and tracker.held[3] == 1
 
 
 # --- report maths -------------------------------------------------------------------------------

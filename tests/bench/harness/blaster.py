@@ -150,6 +150,7 @@ async def run_rr(args: argparse.Namespace) -> int:
             router_id=addr,
             hold_time=args.hold,
             on_count=done.update,
+            track=args.prefixes,
             name=addr,
         )
         for addr in locals_

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from bgpd.speaker.capabilities import FourOctetAS, Multiprotocol, RouteRefresh
 from bgpd.speaker.context import CodecContext
@@ -48,6 +49,54 @@ def count_update(body: bytes) -> tuple[int, int]:
     )
 
 
+class PrefixTracker:
+    """Which feed prefixes a receiver holds now, exactly: one byte per prefix index, so a
+    repeated announcement or a withdrawal of a prefix never held does not skew the count."""
+
+    def __init__(self, size: int) -> None:
+        self.held = bytearray(size)
+        self.count = 0
+
+    def apply(self, body: bytes) -> None:
+        wlen = (body[0] << 8) | body[1]
+        alen = (body[2 + wlen] << 8) | body[3 + wlen]
+        withdrawn = body[2 : 2 + wlen]
+        announced = body[4 + wlen + alen :]
+        if _all_feed_shaped(withdrawn) and _all_feed_shaped(announced):
+            if withdrawn:
+                self._mark(_indexes(withdrawn), 0)
+            if announced:
+                self._mark(_indexes(announced), 1)
+            if announced or not alen:
+                return
+        upd = decode_update(bytes(body), _CTX)
+        for nlri in upd.withdraw.values():
+            self._mark(((n[0] - POOL_BASE) >> 3 for n in nlri if in_feed(n)), 0)
+        for nlri in upd.announce.values():
+            self._mark(((n[0] - POOL_BASE) >> 3 for n in nlri if in_feed(n)), 1)
+
+    def _mark(self, indexes: Iterable[int], value: int) -> None:
+        held, size, n = self.held, len(self.held), 0
+        for i in indexes:
+            if 0 <= i < size and held[i] != value:
+                held[i] = value
+                n += 1
+        self.count += n if value else -n
+
+
+def _all_feed_shaped(field: bytes) -> bool:
+    # Every entry a /29 (5 bytes): the length octets are every 5th byte from the first.
+    return (
+        len(field) % NLRI_BYTES == 0
+        and field[::NLRI_BYTES].count(PREFIX_LEN) == len(field) // NLRI_BYTES
+    )
+
+
+def _indexes(field: bytes) -> Iterator[int]:
+    for _plen, addr in struct.iter_unpack(">BI", field):
+        yield (addr - POOL_BASE) >> 3
+
+
 def in_feed(nlri: NLRI) -> bool:
     """Whether a prefix is one of the benchmark feed's (a DUT may add its own routes)."""
     addr, plen = nlri[0], nlri[1]
@@ -59,8 +108,8 @@ class SessionFailed(Exception):
 
 
 class Session:
-    """One BGP session we open to the DUT. ``received`` counts announced minus withdrawn
-    prefixes; ``failures`` records every reset (a failed run)."""
+    """One BGP session we open to the DUT. With ``track`` (the feed size) ``received`` is how
+    many feed prefixes the DUT has given us; ``failures`` records every reset (a failed run)."""
 
     def __init__(
         self,
@@ -70,6 +119,7 @@ class Session:
         router_id: str,
         hold_time: int = 9,
         on_count: Callable[[Session], None] | None = None,
+        track: int = 0,
         name: str = "",
     ) -> None:
         self.local_asn, self.peer_asn = local_asn, peer_asn
@@ -78,7 +128,7 @@ class Session:
         self.negotiated_hold = hold_time
         self.on_count = on_count
         self.name = name or router_id
-        self.received = 0
+        self.tracker = PrefixTracker(track) if track else None
         self.updates_in = 0
         self.failures: list[str] = []
         self.established = asyncio.Event()
@@ -88,6 +138,10 @@ class Session:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_rx = 0.0
+
+    @property
+    def received(self) -> int:
+        return self.tracker.count if self.tracker is not None else 0
 
     async def connect(self, host: str, port: int, local_address: str, timeout: float = 30) -> None:
         """TCP connect from ``local_address``, exchange OPEN/KEEPALIVE; return when Established."""
@@ -200,9 +254,8 @@ class Session:
                 body = bytes(buf[pos + 19 : pos + length])
                 if mtype == MSG_UPDATE:
                     self.updates_in += 1
-                    if self.on_count is not None:
-                        ann, wd = count_update(body)
-                        self.received += ann - wd
+                    if self.tracker is not None:
+                        self.tracker.apply(body)
                         changed = True
                 elif mtype == MSG_KEEPALIVE:
                     if not self.established.is_set():
