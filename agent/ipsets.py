@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from policy.ruleset import IPSet
 
 SET_PREFIXES = ("cali40", "cali60")
+# Same prefix, other owner: NAT outgoing (agent/nat.py) keeps these in step with the pools.
+OTHER_OWNERS = frozenset(f"cali{v}0{kind}-ipam-pools" for v in (4, 6) for kind in ("masq", "all"))
 
 
 def is_ours(name: str) -> bool:
-    return name.startswith(SET_PREFIXES)
+    """Policy sets only: NAT's pool sets share the prefix but are reconciled elsewhere."""
+    return name.startswith(SET_PREFIXES) and name not in OTHER_OWNERS
 
 
 def parse_save(text: str) -> dict[str, IPSet]:

@@ -164,7 +164,9 @@ class PolicySync:
             while True:
                 timeout = max(0.0, next_resync - time.monotonic())
                 get = asyncio.ensure_future(events.get())
-                done, _ = await asyncio.wait({get, pumper}, timeout=timeout)
+                done, _ = await asyncio.wait(
+                    {get, pumper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 if pumper in done:
                     get.cancel()
                     pumper.result()  # re-raise CompactedError and friends

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.policy_dataplane import PolicyDataplane, local_runner
 from agent.policy_sync import PolicySync
@@ -49,7 +50,7 @@ def _wep(name: str, ns: str, iface: str, ip: str) -> WorkloadEndpoint:
     )
 
 
-async def test_store_changes_are_enforced_and_resync_repairs(lab: Lab) -> None:
+async def _setup(lab: Lab, resync: float) -> tuple[Any, dict, list, MemoryDatastore, Any, Any]:
     require_root()
     require_binary("iptables-nft-restore")
     host = lab.netns()
@@ -65,14 +66,20 @@ async def test_store_changes_are_enforced_and_resync_repairs(lab: Lab) -> None:
     datastore = MemoryDatastore()
     store = ResourceStore(datastore)
     dp = PolicyDataplane(local_runner(host.name))
-    sync = PolicySync(store, "node1", {4: dp}, resync_interval=1.0)
+    sync = PolicySync(store, "node1", {4: dp}, resync_interval=resync)
+    return host, pods, weps, datastore, store, sync
+
+
+async def test_store_changes_are_enforced_without_waiting_for_the_resync(lab: Lab) -> None:
+    # A resync far beyond the test's length: every change below must come from the watch.
+    _host, pods, weps, datastore, store, sync = await _setup(lab, resync=3600.0)
     task = asyncio.create_task(sync.run())
     try:
         await asyncio.wait_for(sync.synced.wait(), 10)
         resources = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text())
         for res in [*resources, *weps]:
             await store.apply(res)
-        (a, _), (b, ip_b), (m, ip_m) = pods["a"], pods["b"], pods["m"]
+        (a, _), (_b, ip_b), (m, ip_m) = pods["a"], pods["b"], pods["m"]
         await eventually(lambda: not a.ping(ip_m, timeout=1), "ami-a -> bmi denied")
         await eventually(lambda: a.ping(ip_b, timeout=1), "ami-a -> ami-b allowed")
 
@@ -82,6 +89,22 @@ async def test_store_changes_are_enforced_and_resync_repairs(lab: Lab) -> None:
         await store.apply(allow)
         await eventually(lambda: a.ping(ip_b, timeout=1), "allow back: ami-a -> ami-b allowed")
         assert not await asyncio.to_thread(m.ping, ip_b, timeout=1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await datastore.close()
+
+
+async def test_periodic_resync_repairs_a_flushed_chain(lab: Lab) -> None:
+    host, pods, weps, datastore, store, sync = await _setup(lab, resync=1.0)
+    task = asyncio.create_task(sync.run())
+    try:
+        await asyncio.wait_for(sync.synced.wait(), 10)
+        resources = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text())
+        for res in [*resources, *weps]:
+            await store.apply(res)
+        (a, _), (b, _ip_b), (_m, ip_m) = pods["a"], pods["b"], pods["m"]
+        await eventually(lambda: not a.ping(ip_m, timeout=1), "ami-a -> bmi denied")
 
         # Someone flushes a chain of ours: the periodic resync puts it back.
         def tw_rules() -> int:
