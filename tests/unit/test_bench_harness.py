@@ -16,7 +16,7 @@ from bgpd.speaker.types import IPV4_UNICAST, MAX_MESSAGE_LEN
 from tests.bench.harness import feeds
 from tests.bench.harness.procstat import parse_fib_triestat
 from tests.bench.harness.report import Results, summarize, target_lines
-from tests.bench.harness.scenarios import RunResult
+from tests.bench.harness.scenarios import CpuTrace, RunResult
 from tests.bench.harness.speaker import PrefixTracker, count_update
 
 CTX = CodecContext()
@@ -136,6 +136,17 @@ def test_tracker_ignores_foreign_prefixes_and_reads_mixed_lengths() -> None:
     )
     tracker.apply(mixed[0][19:])
     assert tracker.count == 1 and tracker.held[3] == 1
+
+
+def test_idle_is_the_first_quiet_half_second_after_the_rib_filled() -> None:
+    trace = CpuTrace([])
+    # 0.1 s samples: busy (0.05 CPU s per sample) until t=2.0, then quiet.
+    trace.samples = [(i / 10, min(i, 20) * 0.05) for i in range(40)]
+    assert trace.idle_since(1.0) == pytest.approx(2.0)
+    assert trace.idle_since(2.5) == pytest.approx(2.5)
+    # Still busy at the end of the samples: not known yet.
+    trace.samples = [(i / 10, i * 0.05) for i in range(40)]
+    assert trace.idle_since(0.0) is None
 
 
 # --- report maths -------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class _Poller:
 
     def __init__(self, dut: Dut, count: Callable[[], int], fib_base: int | None) -> None:
         self.dut, self.count, self.fib_base = dut, count, fib_base
+        self.trace = CpuTrace(dut.pids())
 
     def fib_count(self) -> int:
         assert self.fib_base is not None
@@ -96,6 +97,7 @@ class _Poller:
         want_fib = self.fib_base is not None
         fib_start = self.fib_count() if want_fib else 0
         while True:
+            self.trace.sample()
             if failed():
                 return t_rib, t_fib, "session reset", "session reset"
             if t_rib is None and done_rib(self.count()):
@@ -122,23 +124,47 @@ class _Poller:
         return t_rib, t_fib, why_rib, why_fib
 
 
-def settle_time(pids: list[int], timeout: float = 60.0) -> float | None:
-    """When the DUT went idle: the start of the first 0.5 s window in which its processes used
-    under 0.03 CPU seconds. This catches work a daemon defers past its RIB counters (best-path
-    slices, export, kernel writes), the same way for every DUT."""
-    window, idle_cpu = 0.5, 0.03
-    deadline = time.monotonic() + timeout
-    samples = [(time.monotonic(), procstat.total_cpu_seconds(pids))]
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now, cpu = time.monotonic(), procstat.total_cpu_seconds(pids)
-        samples.append((now, cpu))
-        while len(samples) > 1 and now - samples[1][0] >= window:
-            samples.pop(0)
-        t_start, cpu_start = samples[0]
-        if now - t_start >= window and cpu - cpu_start < idle_cpu:
-            return t_start
-    return None
+class CpuTrace:
+    """CPU seconds of the DUT's processes sampled over time, to find when it went idle: the
+    start of the first 0.5 s window with under 0.03 CPU seconds. This catches work a daemon
+    defers past the counter it reports (best-path slices, export, kernel writes), the same
+    way for every DUT."""
+
+    WINDOW, IDLE_CPU = 0.5, 0.03
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.samples: list[tuple[float, float]] = []
+        self.sample()
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), procstat.total_cpu_seconds(self.pids)))
+
+    def idle_since(self, after: float) -> float | None:
+        """Start of the first idle window that starts at or after ``after``, if seen yet."""
+        samples = self.samples
+        j = 0
+        for i, (t_i, cpu_i) in enumerate(samples):
+            if t_i < after:
+                continue
+            j = max(j, i + 1)
+            while j < len(samples) and samples[j][0] - t_i < self.WINDOW:
+                j += 1
+            if j == len(samples):
+                return None
+            if samples[j][1] - cpu_i < self.IDLE_CPU:
+                return t_i
+        return None
+
+    def wait_idle(self, after: float, timeout: float = 60.0) -> float | None:
+        """idle_since(after), sampling on every 0.1 s until it is found or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.idle_since(after)
+            if found is not None or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+            self.sample()
 
 
 def _record(res: RunResult, key: str, t: float | None, start: float, why: str | None) -> None:
@@ -197,7 +223,7 @@ def _measure_ingest(
     _record(res, "fib_s", t_fib, t_est, why_fib)
     if t_rib is None:
         return
-    _record(res, "settle_s", settle_time(pids), t_est, "never idle within 60s")
+    _record(res, "settle_s", poller.trace.wait_idle(t_rib), t_est, "never idle within 60s")
     res.metrics["cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu0, 2)
     res.metrics["peak_rss_mib"] = round(procstat.total_peak_rss_mib(pids), 1)
     cpu1 = procstat.total_cpu_seconds(pids)
@@ -211,7 +237,8 @@ def _measure_ingest(
     _record(res, "withdraw_rib_s", w_rib, t_wd, why_wrib)
     _record(res, "withdraw_fib_s", w_fib, t_wd, why_wfib)
     if w_rib is not None:
-        _record(res, "withdraw_settle_s", settle_time(pids), t_wd, "never idle within 60s")
+        idle = poller.trace.wait_idle(w_rib)
+        _record(res, "withdraw_settle_s", idle, t_wd, "never idle within 60s")
     res.metrics["withdraw_cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu1, 2)
 
 
@@ -296,7 +323,8 @@ def bird_source_run(dut_name: str, feed: str, prefixes: int, timeout: float) -> 
             _record(res, "rib_s", t_rib, t_est, why_rib)
             _record(res, "fib_s", t_fib, t_est, why_fib)
             if t_rib is not None:
-                _record(res, "settle_s", settle_time(pids), t_est, "never idle within 60s")
+                idle = poller.trace.wait_idle(t_rib)
+                _record(res, "settle_s", idle, t_est, "never idle within 60s")
             res.metrics["cpu_s"] = round(procstat.total_cpu_seconds(pids) - cpu0, 2)
             res.metrics["peak_rss_mib"] = round(procstat.total_peak_rss_mib(pids), 1)
         except (LabError, AssertionError) as exc:
