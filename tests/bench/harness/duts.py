@@ -540,10 +540,13 @@ class RoutemeshDut(Dut):
 
     @staticmethod
     def version() -> str:
-        rev = _first_line(
-            ["git", "-C", str(Path(__file__).resolve().parents[3]), "rev-parse", "--short", "HEAD"]
-        )
-        return f"routemesh {importlib.metadata.version('routemesh')} ({rev}), Python {sys.version.split()[0]}"
+        repo = str(Path(__file__).resolve().parents[3])
+        rev = _first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+        # The DUT runs the bgpd/ of the working tree, which may hold uncommitted work.
+        dirty = _first_line(["git", "-C", repo, "status", "--porcelain", "--", "bgpd"])
+        state = f"{rev}{' + uncommitted bgpd/ changes' if dirty else ''}"
+        py = sys.version.split()[0]
+        return f"routemesh {importlib.metadata.version('routemesh')} ({state}), Python {py}"
 
 
 def routemesh_cli(*argv: str) -> str:
