@@ -3,6 +3,7 @@ and the report maths (medians, ratios, targets, fib_triestat parsing)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -10,14 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgpd.speaker.attributes import PathAttributes
+from bgpd.speaker.capabilities import FourOctetAS, Multiprotocol
 from bgpd.speaker.context import CodecContext
-from bgpd.speaker.messages import Update, decode_message, encode_updates, split_messages
+from bgpd.speaker.messages import (
+    Open,
+    Update,
+    decode_message,
+    encode_open,
+    encode_updates,
+    split_messages,
+)
 from bgpd.speaker.types import IPV4_UNICAST, MAX_MESSAGE_LEN
 from tests.bench.harness import feeds
 from tests.bench.harness.procstat import parse_fib_triestat
 from tests.bench.harness.report import Results, summarize, target_lines
 from tests.bench.harness.scenarios import CpuTrace, RunResult
-from tests.bench.harness.speaker import PrefixTracker, count_update
+from tests.bench.harness.speaker import KEEPALIVE, PrefixTracker, Session, count_update
 
 CTX = CodecContext()
 NH = 0xC6120001  # 198.18.0.1
@@ -147,6 +156,36 @@ def test_idle_is_the_first_quiet_half_second_after_the_rib_filled() -> None:
     # Still busy at the end of the samples: not known yet.
     trace.samples = [(i / 10, i * 0.05) for i in range(40)]
     assert trace.idle_since(0.0) is None
+
+
+async def test_session_counts_a_feed_then_reports_the_dut_going_silent() -> None:
+    """A fake DUT on loopback: OPEN (hold 3 s), KEEPALIVE, 800 prefixes, then nothing. The
+    session must hold all 800 and then fail on its own hold timer, as a run would."""
+    feed = b"".join(feeds.shared_updates(CTX, 800, NH, ATTRS))
+    dut_open = encode_open(
+        Open(65000, 3, 0xC6120002, (Multiprotocol(IPV4_UNICAST), FourOctetAS(65000)))
+    )
+
+    async def fake_dut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(dut_open + KEEPALIVE)
+        await reader.read(4096)  # their OPEN (and maybe KEEPALIVE)
+        writer.write(feed)
+        await writer.drain()
+        await asyncio.sleep(30)  # silent from now on
+
+    server = await asyncio.start_server(fake_dut, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = Session(local_asn=65001, peer_asn=65000, router_id="127.0.0.1", hold_time=9,
+                      track=800, on_count=lambda s: None)  # fmt: skip
+    try:
+        await session.connect("127.0.0.1", port, "127.0.0.1", timeout=10)
+        assert session.negotiated_hold == 3
+        await asyncio.wait_for(session.closed.wait(), timeout=20)
+        assert session.received == 800
+        assert session.failures and "hold timer expired" in session.failures[0]
+    finally:
+        await session.close()
+        server.close()
 
 
 # --- report maths -------------------------------------------------------------------------------
