@@ -246,3 +246,32 @@ def target_lines(targets: Sequence[dict[str, Any]]) -> list[str]:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def figures_markdown(payload: dict[str, Any]) -> str:
+    """A results JSON as one markdown table per scenario: median [min-max] per DUT."""
+    out = []
+    for scenario, per_dut in payload["results"].items():
+        metrics = [m for m in ALL_METRICS if any(m in d["summary"] for d in per_dut.values())]
+        out += [f"**{scenario}**", "", "| DUT | " + " | ".join(metrics) + " |"]
+        out.append("|---" * (len(metrics) + 1) + "|")
+        for dut, d in per_dut.items():
+            cells = []
+            for m in metrics:
+                s = d["summary"].get(m)
+                if s is None:
+                    cells.append("n/a" if m in d["na"] or "all" in d["na"] else "-")
+                elif s["runs"] > 1:
+                    cells.append(f"{s['median']:g} [{s['min']:g}-{s['max']:g}]")
+                else:
+                    cells.append(f"{s['median']:g}")
+            fails = f" ({len(d['failures'])} failed)" if d["failures"] else ""
+            out.append(f"| {dut}{fails} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(figures_markdown(json.loads(Path(sys.argv[1]).read_text())))
