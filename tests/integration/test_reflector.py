@@ -185,3 +185,61 @@ def test_reflectors_in_different_clusters_meshed_together(lab: Lab) -> None:
             what=f"{peer} to get {prefix} across both clusters",
             describe=lambda p=peer, x=prefix: f"{p.rr_view(x)}\n{p.log_tail()}",
         )
+
+
+def test_ipv6_reflection_over_ipv6_sessions(lab: Lab) -> None:
+    """The same three client kinds over IPv6 sessions, reflecting IPv6 routes: next hops kept
+    (global, plus link-local where FRR sends one), ORIGINATOR_ID the client's router-id."""
+    require_root()
+    for cls in KINDS.values():
+        cls.require()
+    rr_addr = "fd00:198:18:51::1"
+    v6 = {"bird": "fd00:198:18:51::2", "gobgp": "fd00:198:18:51::3", "frr": "fd00:198:18:51::4"}
+    rid = {"bird": "198.18.51.2", "gobgp": "198.18.51.3", "frr": "198.18.51.4"}
+    prefix = {k: f"fd00:10:244:{n}::/64" for n, k in enumerate(v6, start=20)}
+    rr_ns = lab.netns()
+    client_ns = {k: lab.netns() for k in v6}
+    lab.bridge([rr_ns, *client_ns.values()], [f"{rr_addr}/64", *(f"{a}/64" for a in v6.values())])
+    clients = {}
+    for kind, addr in v6.items():
+        peer = KINDS[kind](
+            client_ns[kind],
+            asn=ASN,
+            router_id=rid[kind],
+            local_addresses=[addr],
+            neighbors=[PeerNeighbor(rr_addr, ASN, hold_time=9, families=("ipv6",))],
+        )
+        peer.announce([prefix[kind]])
+        peer.start()
+        clients[kind] = peer
+    rr = RoutemeshSpeaker(
+        lab,
+        rr_ns,
+        asn=ASN,
+        router_id="198.18.51.1",
+        neighbors=[
+            OurNeighbor(
+                a,
+                ASN,
+                families=("ipv6-unicast",),
+                hold_time=9,
+                extra={"route-reflector-client": True},
+            )
+            for a in v6.values()
+        ],
+        listen=["::"],
+        extra_global={"cluster-id": CLUSTER},
+    ).start()
+    for addr in v6.values():
+        rr.wait_established(addr, timeout=60)
+    for kind, peer in clients.items():
+        for other in v6:
+            if other == kind:
+                continue
+            want = {(v6[other], rid[other], (CLUSTER,))}
+            wait_for(
+                lambda p=peer, x=prefix[other], w=want: p.rr_view(x) == w,
+                timeout=60,
+                what=f"{kind} to see {other}'s IPv6 route reflected",
+                describe=lambda p=peer, x=prefix[other]: f"{p.rr_view(x)}\n{p.log_tail()}",
+            )
