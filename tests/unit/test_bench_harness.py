@@ -237,6 +237,17 @@ def test_targets_report_met_and_missed_with_the_margin() -> None:
     assert any("1_fib_vs_bird: n/a" in ln for ln in lines)
 
 
+def test_a_timed_out_reflector_bounds_the_ratio() -> None:
+    res = Results()
+    res.add("rr-100x10000", "routemesh", RunResult(metrics={"all_clients_s": 12.0}))
+    res.add("rr-100x10000", "gobgp", RunResult(failures=["all_received: timeout after 240s"]))
+    res.add("rr-100x10000", "bird", RunResult(metrics={"all_clients_s": 0.5}))
+    targets = {t["target"]: t for t in res.targets(1, 1)}
+    assert targets["4_rr_vs_gobgp"]["value"] == pytest.approx(12.0 / 240)
+    assert targets["4_rr_vs_gobgp"]["met"] is True and targets["4_rr_vs_gobgp"]["bound"]
+    assert targets["4_rr_vs_bird"]["met"] is False
+
+
 def test_a_session_reset_fails_target_6() -> None:
     res = Results()
     res.add("rr-20x10000", "routemesh", RunResult(failures=["hold timer expired"]))
