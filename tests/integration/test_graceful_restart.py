@@ -1,13 +1,13 @@
 """Graceful restart with a real BIRD 2, both ways: BIRD is killed -9 and comes back while we keep
 its routes stale and then refresh them; and we are killed -9 and come back while BIRD, as
-helper, keeps our routes until our End-of-RIB."""
+helper, keeps our routes until our End-of-RIB. The helper side is also checked against GoBGP."""
 
 from __future__ import annotations
 
 from tests.lab.netns import Lab
 from tests.lab.ours import Neighbor as OurNeighbor
 from tests.lab.ours import RoutemeshSpeaker
-from tests.lab.peers import BirdPeer
+from tests.lab.peers import BirdPeer, GobgpPeer
 from tests.lab.peers import Neighbor as PeerNeighbor
 from tests.lab.require import require_root
 from tests.lab.waiting import wait_for
@@ -96,3 +96,42 @@ def test_bird_helper_keeps_our_routes_until_our_end_of_rib(lab: Lab) -> None:
     assert (KEEP, OURS) in bird.routes("ipv4")
     log = ours.log_text()
     assert "initial convergence: End-of-RIB from every neighbor" in log, log[-2000:]
+
+
+def test_helper_keeps_a_killed_gobgps_routes_then_relearns(lab: Lab) -> None:
+    """The helper side against a second implementation: GoBGP with GR and the N bit."""
+    require_root()
+    GobgpPeer.require()
+    ours_ns, peer_ns = lab.netns(), lab.netns()
+    lab.veth(ours_ns, peer_ns, f"{OURS}/24", f"{BIRD}/24")
+    gobgp = GobgpPeer(peer_ns, asn=BIRD_ASN, router_id=BIRD, local_addresses=[BIRD],
+                      neighbors=[PeerNeighbor(OURS, OUR_ASN, hold_time=9, families=("ipv4",),
+                                              graceful_restart=True)])  # fmt: skip
+    ours = RoutemeshSpeaker(
+        lab,
+        ours_ns,
+        asn=OUR_ASN,
+        router_id=OURS,
+        neighbors=[OurNeighbor(BIRD, BIRD_ASN, hold_time=9, extra={"graceful-restart": True})],
+        listen=["0.0.0.0"],
+        extra_global={"select-defer-time": 30},
+    )
+    gobgp.start()
+    gobgp.announce([KEEP, GONE])
+    ours.start()
+    ours.wait_established(BIRD)
+    wait_for(lambda: set(rows(ours)) == {KEEP, GONE}, timeout=30, what="GoBGP's routes")
+    gobgp.kill9()
+    wait_for(lambda: ours.peer_status(BIRD)["state"] != "Established", timeout=30,
+             what="the session to drop")  # fmt: skip
+    now = rows(ours)
+    assert set(now) == {KEEP, GONE} and all(r["stale"] for r in now.values()), now
+    gobgp.withdraw([GONE])
+    gobgp.start()
+    ours.wait_established(BIRD, timeout=60)
+    wait_for(
+        lambda: set(rows(ours)) == {KEEP} and not rows(ours)[KEEP]["stale"],
+        timeout=60,
+        what="KEEP fresh and GONE gone once GoBGP is back",
+        describe=lambda: f"{rows(ours)}\n{ours.log_text()[-2000:]}",
+    )

@@ -28,7 +28,7 @@ class Neighbor:
     """One configured BGP session, as seen from the peer that owns it.
 
     ``local_address`` is the session's source address; by default the peer's own address of
-    the neighbor's family. ``graceful_restart`` is honoured by BirdPeer only; ``add_paths``
+    the neighbor's family. ``graceful_restart`` is honoured by BirdPeer and GobgpPeer; ``add_paths``
     (receive every path, RFC 7911) by BirdPeer and GobgpPeer.
     """
 

@@ -38,8 +38,6 @@ class GobgpPeer(Peer):
                 f"  local-address-list = [{', '.join(q(a) for a in self.local_addresses)}]"
             )
         for nb in self.neighbors:
-            if nb.graceful_restart:
-                raise NotImplementedError("graceful restart is only wired up for BirdPeer")
             lines += [
                 "",
                 "[[neighbors]]",
@@ -56,6 +54,16 @@ class GobgpPeer(Peer):
                 # Default 120s retry and idle hold would make restarts slow.
                 "    connect-retry = 1",
                 "    idle-hold-time-after-reset = 1",
+            ]
+            if nb.graceful_restart:
+                # RFC 4724 with the RFC 8538 N bit, as our own speaker offers it.
+                lines += [
+                    "  [neighbors.graceful-restart.config]",
+                    "    enabled = true",
+                    "    restart-time = 60",
+                    "    notification-enabled = true",
+                ]
+            lines += [
                 "  [neighbors.transport.config]",
                 f"    local-address = {q(self.session_source(nb))}",
                 f"    passive-mode = {'true' if nb.passive else 'false'}",
@@ -66,6 +74,11 @@ class GobgpPeer(Peer):
                     "    [neighbors.afi-safis.config]",
                     f'      afi-safi-name = "{fam}-unicast"',
                 ]
+                if nb.graceful_restart:
+                    lines += [
+                        "    [neighbors.afi-safis.mp-graceful-restart.config]",
+                        "      enabled = true",
+                    ]
                 if nb.add_paths:
                     lines += [
                         "    [neighbors.afi-safis.add-paths.config]",
