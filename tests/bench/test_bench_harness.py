@@ -33,6 +33,8 @@ def test_ingest_scenario_measures_rib_cpu_memory_and_withdraw(dut: str) -> None:
     assert res.info["feed"]["updates"] >= 3000 // 500
     for metric in ("rib_s", "withdraw_rib_s"):
         assert res.metrics[metric] > 0
+    # Idle is never before the RIB holds everything.
+    assert res.metrics["settle_s"] >= res.metrics["rib_s"]
     assert res.metrics["peak_rss_mib"] > 0
     assert res.metrics["cpu_s"] >= 0
     if dut == "bird":
