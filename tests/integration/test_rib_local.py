@@ -12,7 +12,9 @@ from bgpd.speaker.types import prefix_from_str
 from tests.integration.test_rib_fib_hook import free_port, wait
 
 
-def pair(tmp_path, a_nb: str = "", b_nb: str = "", b_asn: int = 64512) -> tuple[Daemon, Daemon]:
+def pair(
+    tmp_path, a_nb: str = "", b_nb: str = "", b_asn: int = 64512, global_extra: str = ""
+) -> tuple[Daemon, Daemon]:
     pa, pb = free_port(), free_port()
 
     def cfg(me, asn, other, other_asn, port, other_port, nb_extra, name):
@@ -25,6 +27,7 @@ listen-port = {port}
 control-socket = "{tmp_path / name}.sock"
 connect-retry = 1
 next-hop-ipv4 = "198.18.91.{me.rsplit(".", 1)[1]}"
+{global_extra}
 [[neighbor]]
 address = "{other}"
 remote-asn = {other_asn}
@@ -83,5 +86,21 @@ prepend-as-path = [64512]
         (row,) = a.status()
         assert row["prefixes_accepted"] == 0
         assert a.routes() == []
+
+    await run_pair(a, b, body)
+
+
+async def test_two_restarting_speakers_do_not_wait_for_each_other(tmp_path) -> None:
+    """Both sides boot with GR (R bit set): RFC 4724 §4.1 excludes a restarting peer from the
+    End-of-RIB wait, so neither holds its routes until select-defer-time (600 s here)."""
+    gr = "graceful-restart = true"
+    a, b = pair(tmp_path, a_nb=gr, b_nb=gr, global_extra="select-defer-time = 600")
+    assert a.restarting and b.restarting
+
+    async def body() -> None:
+        fam, p1 = prefix_from_str("10.244.7.0/24")
+        a.originate(fam, [p1])
+        await wait(lambda: a.converged.is_set() and b.converged.is_set())
+        await wait(lambda: b.status()[0]["prefixes_accepted"] == 1)
 
     await run_pair(a, b, body)
