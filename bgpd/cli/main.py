@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgpd.cli import bgp, demo, endpoint, ipam, policy, resources, selector
+from bgpd.cli import bgp, demo, endpoint, ipam, node, policy, resources, selector
 
 # name -> (help, add_arguments, run); `run` returns the exit code.
 Verb = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -28,6 +28,7 @@ VERBS: dict[str, Verb] = {
     "get": ("show resources of a kind", resources.add_get_args, resources.run_get),
     "label": ("set or remove a resource label", resources.add_label_args, resources.run_label),
     "endpoint": ("workload endpoints by hand: add, del, list", endpoint.add_args, endpoint.run),
+    "node": ("run this host's node, or show its status and diagnostics", node.add_args, node.run),
     "version": ("print the version", lambda p: None, lambda a: _version()),
 }
 

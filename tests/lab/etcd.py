@@ -92,10 +92,20 @@ def make_tls_files(directory: Path) -> TlsFiles:
 
 
 class EtcdServer:
-    """One etcd member on 127.0.0.1. Ports and data survive ``restart``/``stop``+``start``."""
+    """One etcd member on 127.0.0.1 (or ``host`` inside ``netns``, for clusters of namespaces).
+    Ports and data survive ``restart``/``stop``+``start``."""
 
-    def __init__(self, *, tls: bool = False, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        workdir: Path | None = None,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         self.binary = require_binary("etcd")
+        self.host = host
+        self.netns = netns
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"rm-etcd-{os.getpid()}-"))
         self.data_dir = self.workdir / "data"
@@ -111,7 +121,7 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         """host:port of the client listener."""
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def url(self) -> str:
@@ -126,7 +136,7 @@ class EtcdServer:
     def _argv(self) -> list[str]:
         scheme = "https" if self.tls else "http"
         client = f"{scheme}://{self.endpoint}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         argv = [
             self.binary,
             "--name", self.name,
@@ -158,8 +168,11 @@ class EtcdServer:
             raise RuntimeError("etcd already running")
         with open(self.log_path, "ab") as log:
             offset = log.tell()
+            argv = self._argv()
+            if self.netns is not None:
+                argv = ["ip", "netns", "exec", self.netns, *argv]
             self.proc = subprocess.Popen(
-                self._argv(),
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
