@@ -4,6 +4,7 @@ datastore, pods made by the CNI plugin reaching each other, CrossSubnet VXLAN, n
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tarfile
 
@@ -216,3 +217,91 @@ def test_node_churn_follows_without_resetting_other_sessions(lab: Lab) -> None:
         timeout=10,
         what="host1 keeps its own block",
     )
+
+
+SMALL_BLOCKS = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: tiny}
+spec: {cidr: 10.244.0.0/24, blockSize: 30, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: IPAMConfiguration
+metadata: {name: default}
+spec: {strictAffinity: false, maxBlocksPerHost: 1}
+"""
+
+LISTENER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen()
+while True:
+    c, addr = s.accept()
+    print(addr[0], flush=True)
+    c.close()
+"""
+
+
+def test_fixed_ip_borrowing_and_nat_outgoing(lab: Lab) -> None:
+    require_root()
+    cluster = Cluster(lab)
+    cluster.segment("br0", "198.18.0.1/24")
+    cluster.segment("br9", "198.18.9.1/24")
+    cluster.host("host1", "198.18.0.2/24")
+    cluster.host("host2", "198.18.0.3/24")
+    outside = lab.netns()
+    lab.bridge([outside], ["198.18.9.2/24"], hub=cluster.router, bridge_name="br9")
+    outside.ip("route", "add", "default", "via", "198.18.9.1")
+    cluster.apply(SMALL_BLOCKS)
+    for name in cluster.hosts:
+        cluster.start(name)
+    cluster.wait_peers("host1", {"198.18.0.3"})
+    cluster.wait_peers("host2", {"198.18.0.2"})
+
+    # host2 claims a /30 first; host1 fills its own /30 (maxBlocksPerHost 1), then borrows.
+    remote = cluster.pod("host2", "remote")
+    (block2,) = cluster.status("host2")["blocks"]
+    fixed_ip = str(list(ipaddress.ip_network(block2).hosts())[-1])
+    fixed = cluster.pod("host2", "fixed", conf_extra={"args": {"cni": {"ips": [fixed_ip]}}})
+    assert fixed.ip == fixed_ip  # the requested address, honoured because it was free
+    local = [cluster.pod("host1", f"local{i}") for i in range(4)]
+    (block1,) = cluster.status("host1")["blocks"]
+    assert all(ipaddress.ip_address(p.ip) in ipaddress.ip_network(block1) for p in local)
+    borrower = cluster.pod("host1", "borrower")
+    assert ipaddress.ip_address(borrower.ip) in ipaddress.ip_network(block2)
+    wait_for(
+        lambda: cluster.status("host1")["borrowed"] == [borrower.ip],
+        timeout=20,
+        what="host1 to report its borrowed address",
+        describe=lambda: json.dumps(cluster.status("host1"), indent=1),
+    )
+    # host2 blackholes its /30 but routes the borrowed /32 to host1: longest match wins.
+    wait_for(
+        lambda: (route_of(cluster, "host2", borrower.ip) or {}).get("gateway") == "198.18.0.2",
+        timeout=20,
+        what="host2 to learn the borrowed /32 via host1",
+        describe=lambda: json.dumps(cluster.routes("host2")),
+    )
+    cluster.wait_ping(remote, borrower)
+    cluster.wait_ping(borrower, fixed)
+
+    # NAT outgoing: to a host outside every pool, a pod shows up as its node's address.
+    log = cluster.tmp / "listener.log"
+    outside.popen(["python3", "-u", "-c", LISTENER], log=log)
+    connect = (
+        "import socket, time\n"
+        "for _ in range(50):\n"
+        "    try:\n"
+        "        socket.create_connection(('198.18.9.2', 8080), timeout=2).close(); break\n"
+        "    except OSError: time.sleep(0.2)\n"
+    )
+    local[0].ns.run(["python3", "-c", connect], timeout=30)
+    wait_for(
+        lambda: log.exists() and "198.18.0.2" in log.read_text().split(),
+        timeout=20,
+        what="the outside listener to see host1's address (masqueraded)",
+        describe=lambda: log.read_text() if log.exists() else "(no log)",
+    )
+    assert local[0].ip not in log.read_text()
