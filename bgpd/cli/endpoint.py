@@ -4,10 +4,8 @@ without an orchestrator. The same `agent.endpoints.Workloads` path the CNI plugi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import socket
-import sys
 from typing import Any
 
 from agent.endpoint import EndpointDataplane, EndpointError
@@ -16,14 +14,12 @@ from agent.mtu import DEFAULT_MTU, read_mtu_file
 from agent.netlink import NetnsNotFoundError
 from bgpd.cli.bgp import table
 from bgpd.cli.selector import parse_labels
-from bgpd.datastore.base import Datastore, DatastoreError
-from bgpd.datastore.url import open_datastore, resolve_url
+from bgpd.cli.storecmd import Output, run_with_store
+from bgpd.datastore.base import Datastore
 from ipam import Ipam, IpamError
 
 ORCHESTRATOR = "cli"
 NETWORK = "routemesh"
-
-Output = tuple[str, str, int]  # stdout, stderr, exit code
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -53,26 +49,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_datastore(resolve_url(args.datastore))
-    except DatastoreError as exc:
-        print(f"routemesh: {exc}", file=sys.stderr)
-        return 1
-    out, err, code = asyncio.run(_with_store(store, args))
-    if out:
-        print(out)
-    if err:
-        print(err, file=sys.stderr)
-    return code
-
-
-async def _with_store(store: Datastore, args: argparse.Namespace) -> Output:
-    try:
-        return await execute(store, args)
-    except (WorkloadError, EndpointError, NetnsNotFoundError, IpamError, DatastoreError) as exc:
-        return "", f"routemesh: endpoint {args.endpoint_cmd}: {exc}", 1
-    finally:
-        await store.close()
+    errors = (WorkloadError, EndpointError, NetnsNotFoundError, IpamError)
+    return run_with_store(args, execute, errors, f"routemesh: endpoint {args.endpoint_cmd}")
 
 
 def workloads(

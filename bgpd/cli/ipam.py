@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import json
-import sys
 from collections.abc import Awaitable, Callable
 
 from bgpd.cli.bgp import table
-from bgpd.datastore.base import Datastore, DatastoreError
-from bgpd.datastore.url import open_datastore, resolve_url
+from bgpd.cli.storecmd import Output, run_with_store
+from bgpd.datastore.base import Datastore
 from ipam import Ipam, IpamError, NotAllocatedError
 from ipam.check import Snapshot, check_snapshot, lookup, parse_address
 from ipam.pools import write_config
 
 # What each command prints, separated from how the store is opened so tests can drive them.
-Output = tuple[str, str, int]  # stdout, stderr, exit code
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -48,26 +45,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_datastore(resolve_url(args.datastore))
-    except DatastoreError as exc:
-        print(f"routemesh: {exc}", file=sys.stderr)
-        return 1
-    out, err, code = asyncio.run(_with_store(store, args))
-    if out:
-        print(out)
-    if err:
-        print(err, file=sys.stderr)
-    return code
-
-
-async def _with_store(store: Datastore, args: argparse.Namespace) -> Output:
-    try:
-        return await execute(store, args)
-    except (IpamError, DatastoreError) as exc:
-        return "", f"routemesh: {exc}", 1
-    finally:
-        await store.close()
+    return run_with_store(args, execute, (IpamError,))
 
 
 async def execute(store: Datastore, args: argparse.Namespace) -> Output:

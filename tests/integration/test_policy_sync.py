@@ -70,17 +70,24 @@ async def _setup(lab: Lab, resync: float) -> tuple[Any, dict, list, MemoryDatast
     return host, pods, weps, datastore, store, sync
 
 
+async def _apply_tenants(sync: Any, store: Any, pods: dict, weps: list) -> list:
+    """The tenant-isolation manifests and the endpoints, applied once the loop has synced."""
+    await asyncio.wait_for(sync.synced.wait(), 10)
+    resources = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text())
+    for res in [*resources, *weps]:
+        await store.apply(res)
+    (a, _), (_m, ip_m) = pods["a"], pods["m"]
+    await eventually(lambda: not a.ping(ip_m, timeout=1), "ami-a -> bmi denied")
+    return resources
+
+
 async def test_store_changes_are_enforced_without_waiting_for_the_resync(lab: Lab) -> None:
     # A resync far beyond the test's length: every change below must come from the watch.
     _host, pods, weps, datastore, store, sync = await _setup(lab, resync=3600.0)
     task = asyncio.create_task(sync.run())
     try:
-        await asyncio.wait_for(sync.synced.wait(), 10)
-        resources = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text())
-        for res in [*resources, *weps]:
-            await store.apply(res)
-        (a, _), (_b, ip_b), (m, ip_m) = pods["a"], pods["b"], pods["m"]
-        await eventually(lambda: not a.ping(ip_m, timeout=1), "ami-a -> bmi denied")
+        resources = await _apply_tenants(sync, store, pods, weps)
+        (a, _), (_b, ip_b), (m, _ip_m) = pods["a"], pods["b"], pods["m"]
         await eventually(lambda: a.ping(ip_b, timeout=1), "ami-a -> ami-b allowed")
 
         await store.delete(GlobalNetworkPolicy, "allow-within-org-ami")
@@ -99,12 +106,8 @@ async def test_periodic_resync_repairs_a_flushed_chain(lab: Lab) -> None:
     host, pods, weps, datastore, store, sync = await _setup(lab, resync=1.0)
     task = asyncio.create_task(sync.run())
     try:
-        await asyncio.wait_for(sync.synced.wait(), 10)
-        resources = load_documents((EXAMPLES / "tenant-isolation.yaml").read_text())
-        for res in [*resources, *weps]:
-            await store.apply(res)
+        await _apply_tenants(sync, store, pods, weps)
         (a, _), (b, _ip_b), (_m, ip_m) = pods["a"], pods["b"], pods["m"]
-        await eventually(lambda: not a.ping(ip_m, timeout=1), "ami-a -> bmi denied")
 
         # Someone flushes a chain of ours: the periodic resync puts it back.
         def tw_rules() -> int:
