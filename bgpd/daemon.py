@@ -10,7 +10,7 @@ Loc-RIB change of a prefix with its multipath set, best first, or None when the 
 Calls start once initial convergence is done (`Daemon.converged` is set then), beginning with
 the whole table. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
 `Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
-`run_daemon` passes no sink; whoever wires the FIB passes one only when `[fib] enabled` says so
+`run_daemon` wires the kernel FIB (`bgpd.standalone`) only when `[fib] enabled` says so
 (it defaults to false on a dedicated reflector, i.e. with `cluster-id` set).
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 from bgpd.config import Config, ConfigError, NeighborConfig, load_config
 from bgpd.control import ControlServer
 from bgpd.neighbors import Peer, SyncJob, global_ipv6_address, status_row
+from bgpd.observe import Observer
 from bgpd.reflector.export import ExportPolicy, LocalView, import_loop
 from bgpd.reflector.filters import apply_filter
 from bgpd.reflector.groups import EncodeCache, Outbound, export_changes
@@ -118,6 +119,7 @@ class Daemon:
         self._worker: asyncio.Task[None] | None = None
         self._defer_timer: asyncio.TimerHandle | None = None
         self._converging = False
+        self.observer = Observer(self)  # metrics, /readyz, sd_notify (bgpd/observe.py)
         for org in config.originate:
             self.originate(org.family, [org.prefix])
 
@@ -142,6 +144,10 @@ class Daemon:
             await self.control.start()
         except OSError as err:
             log.error("cannot open control socket %s: %s", gl.control_socket, err.strerror)
+            await self.listener.close()
+            return 1
+        if not await self.observer.start(gl.metrics_address, gl.metrics_port):
+            await self.control.close()
             await self.listener.close()
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,6 +179,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Cease every session (RFC 4486 Administrative Shutdown) and close what we opened."""
         log.info("shutting down: sending Cease to every peer")
+        self.observer.stopping()
         for peer in self.peers.values():
             peer.driver.stop()
         # Give the transports a moment to flush the NOTIFICATIONs before the loop ends.
@@ -193,6 +200,7 @@ class Daemon:
         await self.listener.close()
         if self.control is not None:
             await self.control.close()
+        await self.observer.close()
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -229,6 +237,7 @@ class Daemon:
         return peer.driver if peer is not None else None
 
     def _on_event(self, driver: PeerDriver, event: Event) -> None:
+        self.observer.on_event(driver.endpoint.address, event)
         peer = self.peers[driver.endpoint.address]
         if isinstance(event, UpdateReceived):
             self._on_update(peer, event.update)
@@ -774,10 +783,11 @@ class Daemon:
 
 
 def run_daemon(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
-    daemon = Daemon(config)
+    """Run until SIGTERM/SIGINT, with the kernel FIB when `[fib]` enables it; the exit code."""
+    from bgpd.standalone import serve  # it builds on Daemon
+
     try:
-        return asyncio.run(daemon.run())
+        return asyncio.run(serve(config))
     finally:
         sock = config.global_.control_socket
         if os.path.exists(sock):

@@ -193,3 +193,39 @@ class RoutemeshSpeaker:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+
+# -- the kernel side of our bgpd (its [fib] writer) ------------------------------------------
+
+FIB_PROTOCOL = 80  # bgpd's default rtm_protocol (docs/fib.md)
+
+
+def kernel_routes(
+    ns: Netns, version: int, *, proto: int | str | None = FIB_PROTOCOL, prefix: str | None = None
+) -> dict[str, list[str]]:
+    """Routes of the main table in ``ns`` (of protocol ``proto``; None = every protocol) as
+    prefix → gateways, sorted ('blackhole' / 'dev X' for routes without a gateway)."""
+    argv = ["ip", f"-{version}", "-json", "route", "show"]
+    if prefix is not None:
+        argv.append(prefix)
+    if proto is not None:
+        argv += ["proto", str(proto)]
+    out = ns.ip(*argv[1:]).stdout
+    routes: dict[str, list[str]] = {}
+    for r in json.loads(out or "[]"):
+        dst = r["dst"]
+        if dst != "default" and "/" not in dst:
+            dst += "/32" if version == 4 else "/128"
+        hops = r.get("nexthops") or [r]
+        gws = sorted(h.get("gateway") or f"dev {h.get('dev')}" for h in hops)
+        if r.get("type") == "blackhole":
+            gws = ["blackhole"]
+        routes[dst] = gws
+    return routes
+
+
+def kernel_route_count(ns: Netns, version: int, proto: int = FIB_PROTOCOL) -> int:
+    """How many routes of ``proto`` the main table in ``ns`` holds (cheap: no JSON)."""
+    out = ns.ip(f"-{version}", "route", "show", "proto", str(proto)).stdout
+    # A multipath route prints its next hops on indented continuation lines.
+    return sum(1 for line in out.splitlines() if line and not line[0].isspace())
