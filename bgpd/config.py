@@ -83,6 +83,9 @@ class GlobalConfig:
     client_to_client: bool = True
     graceful_restart_time: int = 120
     select_defer_time: int = 60
+    # Prometheus /metrics, /livez, /readyz; port 0 leaves them off (see docs/metrics.md).
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +384,8 @@ def _global(source: str, table: Any) -> GlobalConfig:
         client_to_client=chk.get("client-to-client-reflection", bool, True),
         graceful_restart_time=chk.integer("graceful-restart-time", 1, 4095, 120),
         select_defer_time=chk.integer("select-defer-time", 1, 3600, 60),
+        metrics_address=chk.address("metrics-address", "0.0.0.0") or "0.0.0.0",
+        metrics_port=chk.integer("metrics-port", 0, 65535, 0),
     )
     chk.finish()
     return gl
