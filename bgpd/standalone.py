@@ -35,6 +35,7 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
     else:
         daemon = Daemon(config, route_sink=kernel.sink, nexthop_reachable=kernel.reachable)
         kernel.reachability_changed = daemon.reachability_changed
+    daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     settled = asyncio.create_task(_after_convergence(daemon, fib, freeze_gc), name="converged")
     try:
         return await daemon.run()
