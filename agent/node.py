@@ -26,6 +26,7 @@ from agent.endpoint import EndpointDataplane
 from agent.endpoints import EndpointResync, Workloads
 from agent.mtu import detect_host_mtu, publish_workload_mtu
 from agent.nat import run_nat_outgoing
+from agent.node_metrics import NodeMetrics
 from agent.routing import (
     NodeAddressing,
     blackholes,
@@ -92,6 +93,9 @@ class NodeOptions:
     policy: bool = True
     mtu_file: Path | None = None
     gc_interval: float = 60.0
+    # Prometheus /metrics, /livez, /readyz (Felix's port); 0 turns them off.
+    metrics_port: int = 9091
+    metrics_address: str = "0.0.0.0"
 
     @property
     def socket_path(self) -> Path:
@@ -180,7 +184,7 @@ class NodeRunner:
             )
             await self._register()
             lease = await self.ipam.register_liveness(LIVENESS_TTL)
-            revision = await self._load()
+            revision = self._watched_revision = await self._load()
             self.topology = self._compute()
             config = self._config(self.topology)
         except (DatastoreError, ValueError, KeyError) as err:
@@ -194,6 +198,13 @@ class NodeRunner:
             config, route_sink=self.kernel.sink, nexthop_reachable=self.kernel.reachable
         )
         self.kernel.reachability_changed = self.daemon.reachability_changed
+        self.node_metrics = NodeMetrics(
+            self.daemon,
+            fib,
+            policy_enabled=opts.policy,
+            ipam=self.ipam,
+            blocks=lambda: self.blocks,
+        )
         self.daemon.handlers["node-status"] = lambda _req: self.status()
         await fib.start()
         await self._tunnels_and_mtu()
@@ -306,6 +317,8 @@ class NodeRunner:
             cluster_id=topo.cluster_id,
             multipath=8,
             graceful_restart_time=opts.graceful_restart_time,
+            metrics_address=opts.metrics_address,
+            metrics_port=opts.metrics_port,
         )
         return Config(
             source=f"datastore {opts.datastore}",
@@ -354,6 +367,7 @@ class NodeRunner:
         self.kernel.set_static(static)
 
     _originated_once = False
+    _watched_revision = 0
 
     def _forward_changed(self) -> None:
         assert self.kernel is not None
@@ -450,16 +464,19 @@ class NodeRunner:
         while not self._stop.is_set():
             try:
                 async for event in store.watch("/routemesh/v1/", start_revision=revision + 1):
-                    revision = event.revision
+                    revision = self._watched_revision = event.revision
+                    self.node_metrics.on_watch_event(event)
                     if "/liveness/" in event.key or "/locks/" in event.key:
                         continue
                     self._dirty.set()
             except CompactedError:
                 _items, revision = await store.list("/routemesh/v1/resources/Node/")
                 self._dirty.set()
+                self.node_metrics.on_reconnect()
             except DatastoreError as err:
                 log.warning("datastore watch failed (%s); retrying", err)
                 await asyncio.sleep(1.0)
+                self.node_metrics.on_reconnect()
 
     async def _recompute_loop(self) -> None:
         while not self._stop.is_set():
@@ -479,7 +496,10 @@ class NodeRunner:
         assert self.daemon is not None
         old_pools = self.view.pools
         old_nodes = self.view.nodes
-        await self._load()
+        store_revision = await self._load()
+        # How far the watch trails the store when we look (0 when it has caught up).
+        self.node_metrics.set_watch_lag(store_revision, self._watched_revision)
+        await self.node_metrics.refresh_pools(self.store, self.view.pools)  # type: ignore[arg-type]
         topo = self._compute()
         if topo != self.topology:
             before = {p.address for p in self.topology.peers} if self.topology else set()
@@ -504,16 +524,19 @@ class NodeRunner:
         await EndpointResync(workloads).run(self.opts.resync_interval, self._stop)
 
     async def _policy(self) -> None:
-        from agent.policy_dataplane import PolicyDataplane
+        from agent.policy_dataplane import PolicyDataplane, local_runner
         from agent.policy_sync import PolicySync
 
+        runner = self.node_metrics.counting_runner(local_runner())
         sync = PolicySync(
             self.resources,
             self.opts.name,
-            {4: PolicyDataplane(version=4)},
+            {4: PolicyDataplane(runner=runner, version=4)},
             resync_interval=max(self.opts.resync_interval, 60.0),
         )
+        sync.apply = self.node_metrics.timed_apply(sync.apply)  # type: ignore[method-assign]
         self.policy_sync = sync
+        self.node_metrics.policy_sync = sync
         await sync.run()
 
     # -- status ------------------------------------------------------------------------------

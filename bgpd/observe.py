@@ -91,13 +91,15 @@ class Observer:
         # Best-path runs are counted around the decider the Loc-RIB calls once per prefix, so
         # the route worker needs no metrics code; the counter is read at scrape time.
         rib = self.daemon.loc_rib
-        decider = rib.decider
+        # A replacing observer (the node's) wraps the original decider, not the old wrapper.
+        decider = getattr(rib.decider, "__wrapped__", rib.decider)
         counts = self._decisions
 
         def counting(fam: Family, paths: Any) -> Any:
             counts[fam] = counts.get(fam, 0) + 1
             return decider(fam, paths)
 
+        counting.__wrapped__ = decider  # type: ignore[attr-defined]
         rib.decider = counting
 
     # -- lifecycle ---------------------------------------------------------------------------

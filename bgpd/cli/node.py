@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import ipaddress
 import json
 import socket
 import subprocess
@@ -46,6 +47,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--resync-interval", type=float, default=30.0, help="seconds")
     q.add_argument("--mtu-file", help="where to publish the workload MTU for the CNI plugin")
     q.add_argument("--no-policy", action="store_true", help="leave iptables alone")
+    q.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9091,
+        metavar="PORT",
+        help="serve /metrics, /livez and /readyz here (default 9091, as Felix; 0 = off)",
+    )
+    q.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address the metrics port listens on (default 0.0.0.0: every address)",
+    )
     for name, helptext in (
         ("status", "sessions, blocks, endpoints, tunnels"),
         ("diags", "tarball"),
@@ -96,6 +110,19 @@ def _run(args: argparse.Namespace) -> int:
     from bgpd.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
+    if not 0 <= args.metrics_port <= 65535:
+        print(
+            f"routemesh node run: --metrics-port {args.metrics_port}: not a port", file=sys.stderr
+        )
+        return 2
+    try:
+        ipaddress.ip_address(args.metrics_address)
+    except ValueError:
+        print(
+            f"routemesh node run: --metrics-address {args.metrics_address!r}: not an IP address",
+            file=sys.stderr,
+        )
+        return 2
     try:
         url = resolve_url(args.datastore)
     except DatastoreURLError as err:
@@ -112,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         resync_interval=args.resync_interval,
         policy=not args.no_policy,
         mtu_file=Path(args.mtu_file) if args.mtu_file else None,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
     )
     return run_node(opts)
 

@@ -1,0 +1,190 @@
+"""What `routemesh node run` exports beyond its speaker: the agent, IPAM and datastore metrics,
+and the `dataplane-synced` readiness condition (the first policy sync into iptables/ipsets).
+
+The speaker's own metrics and readiness come from `bgpd.observe.Observer`; `NodeMetrics`
+replaces the daemon's observer with one that has every area and adds its exporter to it.
+Counts are read from the node's parts before each scrape (dataplane state, IPAM stats), or
+recorded where they happen (watch events, restore runs) by the small hooks below.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bgpd.health import DATAPLANE_SYNCED
+from bgpd.metrics import AREAS
+from bgpd.observe import Observer
+
+if TYPE_CHECKING:
+    from agent.policy_dataplane import Runner
+    from agent.policy_sync import PolicySync
+    from bgpd.datastore.base import Datastore, WatchEvent
+    from bgpd.dynamic import DynamicDaemon
+    from bgpd.fib.manager import FibManager
+    from bgpd.model.ipam import IPPool
+
+log = logging.getLogger("routemesh.node")
+
+# Pool usage needs every block of the cluster; read it at most this often.
+POOL_USAGE_PERIOD = 60.0
+
+
+class NodeMetrics:
+    """The node's metrics wiring; see the module docstring."""
+
+    def __init__(
+        self,
+        daemon: DynamicDaemon,
+        fib: FibManager | None,
+        *,
+        policy_enabled: bool,
+        ipam: Any,
+        blocks: Callable[[], Sequence[Any]],
+    ) -> None:
+        self.observer = Observer(daemon, areas=AREAS)
+        daemon.observer = self.observer
+        self.observer.attach_fib(fib)
+        self.metrics = self.observer.metrics
+        self.policy_enabled = policy_enabled
+        self.policy_sync: PolicySync | None = None
+        self.ipam = ipam
+        self._blocks = blocks
+        self._conflicts_seen = 0
+        self._pools_read_at = float("-inf")
+        self._pool_names: set[str] = set()
+        self.observer.add_check(DATAPLANE_SYNCED, self._dataplane_synced, latch=True)
+        self.observer.exporters.append(self.export)
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    def _dataplane_synced(self) -> tuple[bool, str]:
+        if not self.policy_enabled:
+            return True, "policy disabled (--no-policy)"
+        sync = self.policy_sync
+        if sync is None or not sync.synced.is_set():
+            return False, "first iptables/ipset sync in progress"
+        return True, "policy applied"
+
+    # -- hooks where things happen -----------------------------------------------------------
+
+    def counting_runner(self, runner: Runner) -> Runner:
+        """Wrap the policy dataplane's command runner to count restore runs and failures."""
+        agent = self.metrics.agent
+        assert agent is not None
+
+        def run(argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+            kind = _restore_kind(argv)
+            try:
+                res = runner(argv, stdin)
+            except OSError:
+                if kind is not None:
+                    agent.on_restore(kind, ok=False)
+                raise
+            if kind is not None:
+                agent.on_restore(kind, ok=res.returncode == 0)
+            return res
+
+        return run
+
+    def timed_apply(self, apply: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Wrap PolicySync.apply to observe the apply latency histogram."""
+        agent = self.metrics.agent
+        assert agent is not None
+
+        async def timed() -> None:
+            started = time.perf_counter()
+            try:
+                await apply()
+            finally:
+                agent.observe_apply(time.perf_counter() - started)
+
+        return timed
+
+    def on_watch_event(self, event: WatchEvent) -> None:
+        if self.metrics.datastore is not None:
+            self.metrics.datastore.on_watch_event(event.kind)
+
+    def on_reconnect(self) -> None:
+        if self.metrics.datastore is not None:
+            self.metrics.datastore.on_reconnect()
+
+    def set_watch_lag(self, store_revision: int, applied_revision: int) -> None:
+        if self.metrics.datastore is not None:
+            self.metrics.datastore.set_watch_lag(store_revision, applied_revision)
+
+    async def refresh_pools(self, store: Datastore, pools: Iterable[IPPool]) -> None:
+        """Addresses in use and free per pool, from every block (rate-limited)."""
+        now = time.monotonic()
+        ipam_m = self.metrics.ipam
+        if ipam_m is None or now - self._pools_read_at < POOL_USAGE_PERIOD:
+            return
+        self._pools_read_at = now
+        from ipam.allocator import read_blocks
+
+        blocks = [b for b, _rev in await read_blocks(store)]
+        names = set()
+        for pool in pools:
+            net = pool.spec.network
+            used = sum(
+                b.in_use()
+                for b in blocks
+                if b.cidr.version == net.version and b.cidr.subnet_of(net)  # type: ignore[arg-type]
+            )
+            ipam_m.set_pool(pool.name, used, net.num_addresses - used)
+            names.add(pool.name)
+        for gone in self._pool_names - names:
+            ipam_m.remove_pool(gone)
+        self._pool_names = names
+
+    # -- before each scrape ------------------------------------------------------------------
+
+    def export(self) -> None:
+        m = self.metrics
+        if m.ipam is not None:
+            m.ipam.set_blocks(len(self._blocks()))
+            stats = getattr(self.ipam, "stats", None)
+            if stats is not None and stats.conflicts > self._conflicts_seen:
+                m.ipam.on_cas_conflict(stats.conflicts - self._conflicts_seen)
+                self._conflicts_seen = stats.conflicts
+        if m.agent is not None and self.policy_sync is not None:
+            _export_dataplane(m.agent, self.policy_sync)
+
+
+def _restore_kind(argv: Sequence[str]) -> str | None:
+    if not argv:
+        return None
+    tool = argv[0].rsplit("/", 1)[-1]
+    if tool == "ipset" and len(argv) > 1 and argv[1] == "restore":
+        return "ipset"
+    if "tables" in tool and tool.endswith("-restore"):
+        return "iptables"
+    return None
+
+
+def _export_dataplane(agent: Any, sync: PolicySync) -> None:
+    """Endpoints, sets and chains as the policy loop last applied them.
+
+    Read from the compiler's endpoints and the dataplane's record of what it wrote (the
+    same state its next diff is taken against), so a scrape runs no iptables-save.
+    """
+    endpoints = 0
+    ipsets = members = chains = rules = 0
+    for version, compiler in sync.compilers.items():
+        endpoints = max(
+            endpoints,
+            sum(1 for ep in compiler.endpoints.values() if compiler.is_local(ep) and ep.iface),
+        )
+        dp = sync.dataplanes[version]
+        sets = getattr(dp, "_sets", {}) or {}
+        ipsets += len(sets)
+        members += sum(len(s.members) for s in sets.values())
+        for state in (getattr(dp, "_tables", None) or {}).values():
+            chains += len(state.chains)
+            rules += sum(len(hashes) for hashes in state.chains.values())
+    agent.set_dataplane(
+        endpoints=endpoints, ipsets=ipsets, ipset_members=members, chains=chains, rules=rules
+    )
