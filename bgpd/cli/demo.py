@@ -1,240 +1,268 @@
-"""`routemesh demo`: our speaker and a BIRD 2 peer in two namespaces, sessions and routes shown.
+"""`routemesh demo`: a four-host cluster with tenants and policy, built in namespaces, shown.
 
-This is the interim demo of the speaker issue; the cluster demo (three hosts, tenants, policy)
-replaces it once the node and policy work lands. Everything it creates is named `rmdemo-*`,
-and `--down` (or the end of a run without `--keep`) removes exactly that.
+It prints each node's BGP session table, each host's routes and a ping matrix between the
+tenants' pods, and exits non-zero if the matrix is not what the policy says. The scenario is
+in `bgpd/demo/`; this module parses the flags and does all the printing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bgpd.cli.bgp import format_routes, format_status
-from bgpd.control import ControlError, request
+from bgpd.cli.node import format_node_status
+from bgpd.demo.cluster import (
+    ETCD_RELAY,
+    HOSTS,
+    PODS,
+    ROUTER,
+    DemoCluster,
+    Outcome,
+    expected_allowed,
+    tool,
+)
+from bgpd.demo.lab import STATE_DIR, DemoError, DemoLab, demo_namespaces, down
 
-NS_OURS, NS_BIRD = "rmdemo-host1", "rmdemo-bird"
-STATE = Path("/run/routemesh-demo")
-OUR_V4, BIRD_V4 = "198.18.0.1", "198.18.0.2"
-OUR_V6, BIRD_V6 = "fd00:198:18::1", "fd00:198:18::2"
-OUR_PREFIXES = ["10.244.1.0/26", "10.244.1.64/26", "fd00:10:244:1::/64"]
-BIRD_PREFIXES = ["10.244.2.0/26", "10.244.3.0/26", "fd00:10:244:2::/64"]
+NEEDED = ("ip", "ping", "ss", "sysctl", "iptables-nft-restore", "ipset")
+STORE_PREFIX = "/routemesh/"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keep", action="store_true", help="leave the lab running to explore")
-    p.add_argument("--down", action="store_true", help="remove a lab left by --keep")
-
-
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--keep", action="store_true", help="leave the cluster running to explore")
+    what.add_argument("--down", action="store_true", help="remove a demo left by --keep")
+    p.add_argument(
+        "--datastore",
+        metavar="etcd://HOST:PORT",
+        help="run on this (empty) etcd instead of the embedded SQLite store; the demo relays "
+        "it into its namespaces and removes its keys at --down",
+    )
 
 
 def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def down() -> None:
-    """Stop the demo's daemons and delete its namespaces and files."""
-    for pidfile in STATE.glob("*.pid") if STATE.exists() else []:
-        try:
-            pid = int(pidfile.read_text().strip())
-            subprocess.run(["kill", "-TERM", str(pid)], capture_output=True)
-        except (ValueError, OSError):
-            pass
-    time.sleep(0.3)
-    for ns in (NS_OURS, NS_BIRD):
-        pids = _sh("ip", "netns", "pids", ns, check=False).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-KILL", pid], capture_output=True)
-        _sh("ip", "netns", "del", ns, check=False)
-    shutil.rmtree(STATE, ignore_errors=True)
+def _progress(text: str) -> None:
+    print(f"    {text}", flush=True)
 
 
-def _bird_config() -> str:
-    statics4 = "\n".join(f"  route {p} blackhole;" for p in BIRD_PREFIXES if ":" not in p)
-    statics6 = "\n".join(f"  route {p} blackhole;" for p in BIRD_PREFIXES if ":" in p)
-    return f"""router id {BIRD_V4};
-protocol device {{ }}
-protocol static s4 {{ ipv4;
-{statics4}
-}}
-protocol static s6 {{ ipv6;
-{statics6}
-}}
-protocol bgp host1 {{
-  local {BIRD_V4} as 64513;
-  neighbor {OUR_V4} as 64512;
-  hold time 9; connect retry time 2; error wait time 1, 4;
-  ipv4 {{ import all; export where proto = "s4"; }};
-  ipv6 {{ import all; export where proto = "s6"; next hop address {BIRD_V6}; }};
-}}
-"""
+# -- the etcd a user names -------------------------------------------------------------------
 
 
-def _our_config(sock: str) -> str:
-    lines = [
-        "[global]",
-        "asn = 64512",
-        f'router-id = "{OUR_V4}"',
-        f'listen-address = ["{OUR_V4}"]',
-        f'control-socket = "{sock}"',
-        "connect-retry = 1",
-        "",
-        "[[neighbor]]",
-        f'address = "{BIRD_V4}"',
-        "remote-asn = 64513",
-        'families = ["ipv4-unicast", "ipv6-unicast"]',
-        "hold-time = 9",
-    ]
-    for prefix in OUR_PREFIXES:
-        lines += ["", "[[originate]]", f'prefix = "{prefix}"']
-    return "\n".join(lines) + "\n"
+async def _store_keys(url: str) -> list[str]:
+    from bgpd.datastore.url import open_datastore
+
+    store = open_datastore(url)
+    try:
+        items, _rev = await store.list(STORE_PREFIX)
+        return [kv.key for kv in items]
+    finally:
+        await store.close()
 
 
-def _start(argv: list[str], log: Path, pidfile: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+async def _clear_store_async(url: str) -> None:
+    from bgpd.datastore.url import open_datastore
+
+    store = open_datastore(url)
+    try:
+        items, _rev = await store.list(STORE_PREFIX)
+        for kv in items:
+            await store.delete(kv.key)
+    finally:
+        await store.close()
+
+
+def _clear_store(url: str) -> None:
+    asyncio.run(_clear_store_async(url))
+
+
+def _etcd_target(url: str) -> str:
+    """The one host:port the relay carries; DemoError for what the demo cannot relay."""
+    from bgpd.datastore.url import DatastoreURLError, parse_url
+
+    try:
+        spec = parse_url(url)
+    except DatastoreURLError as err:
+        raise DemoError(str(err)) from err
+    if spec.scheme != "etcd" or spec.tls:
+        raise DemoError(
+            f"{url.split('?')[0]}: the demo runs on etcd:// (plain) only. Its relay would "
+            "present a TLS etcd under the router's address, which the server certificate "
+            "does not name; docs/deploying.md sets up nodes on etcd with TLS"
         )
-    pidfile.write_text(str(proc.pid))
-    return proc
+    if len(spec.endpoints) != 1:
+        raise DemoError(f"{url}: give the demo one etcd endpoint")
+    return spec.endpoints[0]
 
 
-def up() -> tuple[str, Path]:
-    """Build the two namespaces, start BIRD and our bgpd; returns our control socket."""
-    if shutil.which("bird") is None:
-        raise RuntimeError("BIRD 2 is not installed: run `make setup` first")
-    down()
-    STATE.mkdir(parents=True, exist_ok=True)
-    _step("creating namespaces rmdemo-host1 and rmdemo-bird joined by a veth")
-    for ns in (NS_OURS, NS_BIRD):
-        _sh("ip", "netns", "add", ns)
-        _sh("ip", "-n", ns, "link", "set", "lo", "up")
-    _sh(
-        "ip",
-        "-n",
-        NS_OURS,
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        NS_BIRD,
-    )
-    for ns, v4, v6 in ((NS_OURS, OUR_V4, OUR_V6), (NS_BIRD, BIRD_V4, BIRD_V6)):
-        _sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", "eth0")
-        _sh("ip", "-n", ns, "addr", "add", f"{v6}/64", "dev", "eth0", "nodad")
-        _sh("ip", "-n", ns, "link", "set", "eth0", "up")
-    _step("starting BIRD 2 (AS 64513) announcing " + ", ".join(BIRD_PREFIXES))
-    (STATE / "bird.conf").write_text(_bird_config())
-    _start(
-        [
-            "ip",
-            "netns",
-            "exec",
-            NS_BIRD,
-            "bird",
-            "-f",
-            "-c",
-            str(STATE / "bird.conf"),
-            "-s",
-            str(STATE / "bird.ctl"),
-        ],
-        STATE / "bird.log",
-        STATE / "bird.pid",
-    )
-    sock = str(STATE / "bgpd.sock")
-    _step("starting routemesh bgpd (AS 64512) announcing " + ", ".join(OUR_PREFIXES))
-    (STATE / "bgpd.toml").write_text(_our_config(sock))
-    _start(
-        [
-            "ip",
-            "netns",
-            "exec",
-            NS_OURS,
-            sys.executable,
-            "-m",
-            "bgpd.cli.main",
-            "bgpd",
-            "-f",
-            str(STATE / "bgpd.toml"),
-        ],
-        STATE / "bgpd.log",
-        STATE / "bgpd.pid",
-    )
-    return sock, STATE
+# -- the run ---------------------------------------------------------------------------------
 
 
-def _wait(sock: str, timeout: float = 40.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    status: list[dict] = []
-    while time.monotonic() < deadline:
-        try:
-            status = request(sock, "status")
-            routes = request(sock, "routes")
-            learned = {r["prefix"] for r in routes if r["peer"]}
-            if status and status[0]["state"] == "Established" and learned >= set(BIRD_PREFIXES):
-                return status
-        except ControlError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the session did not come up in time; see " + str(STATE / "bgpd.log"))
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise DemoError("the demo creates network namespaces: run it as root")
+    missing = [b for b in NEEDED if shutil.which(b) is None]
+    if missing:
+        raise DemoError(f"missing {', '.join(missing)}: run `make setup` first")
+    tool("routemesh")
+    tool("routemesh-cni")
+
+
+def _tear_down(lab: DemoLab | None = None) -> None:
+    problems = down(procs=lab.procs if lab else None, clear_store=_clear_store, progress=_progress)
+    for problem in problems:
+        _progress(problem)
+
+
+def _cli() -> str:
+    """How to type our command here: `routemesh` if the shell finds this one, else its path."""
+    ours = tool("routemesh")[0]
+    found = shutil.which("routemesh")
+    return "routemesh" if found and Path(found).resolve() == Path(ours).resolve() else ours
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.down:
-        down()
-        print("demo removed")
-        return 0
     try:
-        sock, state = up()
-        _step("waiting for the session and the routes")
-        status = _wait(sock)
-    except (RuntimeError, subprocess.CalledProcessError, OSError) as err:
-        detail = getattr(err, "stderr", "") or ""
-        print(f"routemesh demo: {err} {detail}".strip(), file=sys.stderr)
-        down()
+        if args.down:
+            _step("removing the demo")
+            _tear_down()
+            print("demo removed: no rmdemo-* namespace, process or state is left")
+            return 0
+        _preflight()
+        return _run(args)
+    except DemoError as err:
+        print(f"routemesh demo: {err}", file=sys.stderr)
         return 1
-    print("\nBGP sessions of host1 (routemesh bgp status):")
-    print(format_status(status))
-    print("\nRoutes of host1 (routemesh bgp routes):")
-    print(format_routes(request(sock, "routes")))
-    bird = _sh(
-        "ip",
-        "netns",
-        "exec",
-        NS_BIRD,
-        "birdc",
-        "-s",
-        str(state / "bird.ctl"),
-        "show",
-        "route",
-        check=False,
+
+
+def _run(args: argparse.Namespace) -> int:
+    if STATE_DIR.exists() or demo_namespaces():
+        _step("removing the previous demo")
+        _tear_down()
+    store_url = node_url = f"sqlite://{STATE_DIR}/store.db"
+    target = None
+    if args.datastore:
+        target = _etcd_target(args.datastore)
+        keys = asyncio.run(_store_keys(args.datastore))
+        if keys:
+            raise DemoError(
+                f"{args.datastore} already holds {len(keys)} routemesh keys (e.g. {keys[0]}); "
+                "the demo needs an etcd of its own, since --down deletes what it wrote"
+            )
+        store_url, node_url = args.datastore, f"etcd://{ETCD_RELAY[0]}:{ETCD_RELAY[1]}"
+    lab = DemoLab(STATE_DIR)
+    lab.record.store_url = store_url
+    lab.record.clear_store = target is not None
+    lab.save()
+    cluster = DemoCluster(
+        lab, store_url=store_url, node_store_url=node_url, step=_step, progress=_progress
     )
-    print("\nRoutes BIRD learned from routemesh (birdc show route):")
-    print(bird.stdout.strip())
-    if args.keep:
-        print(
-            "\nThe lab is still running. Try:\n"
-            f"  routemesh bgp status -s {sock}\n"
-            f"  routemesh bgp routes -s {sock} -o json\n"
-            f"  ip netns exec {NS_BIRD} birdc -s {state / 'bird.ctl'} show protocols all\n"
-            "  routemesh demo --down"
+    removed = False
+    try:
+        outcome = _scenario(cluster, args.datastore, target)
+        if outcome is None:
+            return 1
+        _show(cluster, outcome)
+        wrong = outcome.mismatches()
+        if wrong:
+            print("\nThe ping matrix does NOT match the tenant-isolation policy:")
+            for line in wrong:
+                print(f"  {line}")
+        else:
+            print(
+                "\nThe ping matrix matches the tenant-isolation policy: "
+                "ami <-> ami allowed, bmi <-> bmi allowed, ami <-> bmi denied."
+            )
+        if args.keep:
+            _explore(cluster, outcome, store_url)
+        else:
+            _step("removing the demo (keep it running next time with --keep)")
+            _tear_down(lab)
+            removed = True
+        return 1 if wrong else 0
+    finally:
+        # Ctrl-C, a closed stdout (`| head`) or a bug: without --keep nothing may stay behind,
+        # and the terminal may be gone, so remove it silently.
+        if not args.keep and not removed:
+            down(procs=lab.procs, clear_store=_clear_store)
+
+
+def _scenario(cluster: DemoCluster, url: str | None, target: str | None) -> Outcome | None:
+    try:
+        _step(
+            "building 4 hosts and a router in network namespaces "
+            "(host1-3 on 198.18.0.0/24, host4 behind the router on 198.18.1.0/24)"
         )
-        return 0
-    _step("removing the lab")
-    down()
-    return 0
+        cluster.build()
+        if target is not None:
+            _step(f"relaying {url} to {ETCD_RELAY[0]}:{ETCD_RELAY[1]} in {ROUTER}")
+            cluster.start_relay(target)
+        _step(f"applying the cluster and tenant manifests to {cluster.store_url}")
+        cluster.apply()
+        return cluster.run()
+    except DemoError as err:
+        print(f"routemesh demo: {err}", file=sys.stderr)
+        print(f"routemesh demo: node logs are in {STATE_DIR / 'logs'}", file=sys.stderr)
+        return None
+
+
+# -- what it prints --------------------------------------------------------------------------
+
+
+def _show(cluster: DemoCluster, outcome: Outcome) -> None:
+    cli = _cli()
+    for host in HOSTS:
+        print(f"\n$ {cli} node status --node {host.name} --run-dir {cluster.run_dir}")
+        status = outcome.status.get(host.name)
+        print(format_node_status(status) if status else "(no answer)")
+    print("\nHost routes written by routemesh (proto 80: BGP blocks, blackholes and VXLAN")
+    print("routes; proto 81: the host's own pods):")
+    for host in HOSTS:
+        print(f"\n$ ip -n {host.ns} route | grep -E 'proto 8[01]'     # {host.address}")
+        for line in outcome.routes.get(host.name, []):
+            print(f"  {line}")
+    print("\n" + format_matrix(outcome))
+
+
+def format_matrix(outcome: Outcome) -> str:
+    """Rows ping columns; each cell says what happened and marks a surprise with '!'."""
+    width = max(len(p.label) for p in PODS) + 2
+    head = " " * (width + 8) + "".join(p.label.ljust(width) for p in PODS)
+    lines = ["Ping matrix (each row pings each column):", head.rstrip()]
+    for src in PODS:
+        cells = []
+        for dst in PODS:
+            if src is dst:
+                cells.append("-".ljust(width))
+                continue
+            reached = outcome.matrix.get((src.label, dst.label))
+            word = "allowed" if reached else "denied"
+            if reached != expected_allowed(src, dst):
+                word += "!"
+            cells.append(word.ljust(width))
+        row = f"{src.label.ljust(width)}{src.host.ljust(8)}" + "".join(cells)
+        lines.append(row.rstrip())
+    lines.append("pods: " + ", ".join(f"{p.label}={outcome.ips.get(p.label)}" for p in PODS))
+    return "\n".join(lines)
+
+
+def _explore(cluster: DemoCluster, outcome: Outcome, store_url: str) -> None:
+    cli = _cli()
+    src, dst = PODS[0], PODS[-1]
+    print(
+        "\nThe cluster is still running. Explore it:\n"
+        f"  {cli} node status --node host1 --run-dir {cluster.run_dir}\n"
+        f"  {cli} get workloadendpoints -A -o wide --datastore {store_url}\n"
+        f"  {cli} get globalnetworkpolicy --datastore {store_url}\n"
+        f"  ip netns exec {HOSTS[3].ns} ip route\n"
+        f"  ip netns exec {HOSTS[0].ns} iptables-save | grep -c cali\n"
+        f"  ip netns exec {src.ns} ping -c 2 {outcome.ips.get(dst.label)}"
+        f"    # {src.label} -> {dst.label}: denied\n"
+        f"  ls {STATE_DIR / 'logs'}\n"
+        f"Remove it with:\n  {cli} demo --down"
+    )
