@@ -1,104 +1,66 @@
-"""A real Prometheus scrapes our metrics endpoints while a real BGP session runs between them.
+"""A real Prometheus scrapes two running `routemesh node run` hosts in a full mesh.
 
-The feeder (prometheus_feeder.py) runs two of our speakers in one process on loopback, each
-with its own registry and port; Prometheus scrapes both every second, and the test asks
-Prometheus's HTTP API (`/api/v1/query`), not our endpoint, for the values.
+The hosts live in namespaces on one bridge (tests/lab/cluster.py); Prometheus runs in the
+router namespace, which reaches both nodes' 198.18.0.x addresses, scrapes their port 9091
+every second and evaluates the shipped alert rules. The test asks Prometheus's HTTP API
+(`/api/v1/query`, `/api/v1/alerts`), not our endpoint, for the values: the established-session
+gauge, the prefix counts for one block per node, and what a stopped node leaves behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.lab.require import require_binary
+from tests.lab.cluster import Cluster
+from tests.lab.netns import Lab, Netns
+from tests.lab.require import require_binary, require_root
 from tests.lab.waiting import wait_for
 
+pytestmark = pytest.mark.root
+
 ROOT = Path(__file__).resolve().parents[2]
-V4, V6, WITHDRAWN = 20, 5, 5
 ALERTS = ROOT / "configs" / "prometheus" / "routemesh-alerts.yml"
-FEEDER = (sys.executable, "-m", "tests.integration.prometheus_feeder")
+PORT = 9091
+PROM_PORT = 9090
+
+POOL = """
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool1}
+spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: Never, natOutgoing: false}
+---
+# host2 is known before it runs, as after a reboot: host1 must peer with it and wait.
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: host2}
+spec: {bgp: {ipv4Address: 198.18.0.3/24}}
+"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-        return 0, str(err)
-
-
-class Feeder:
-    def __init__(self, tmp: Path) -> None:
-        self.notify_path = str(tmp / "notify.sock")
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(self.notify_path)
-        self.notify.setblocking(False)
-        self.log = open(tmp / "feeder.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*FEEDER, "--v4", str(V4), "--v6", str(V6)],
-            cwd=ROOT,
-            env={**os.environ, "NOTIFY_SOCKET": self.notify_path},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        self.ports = json.loads(self.proc.stdout.readline())
-
-    def send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def notifications(self) -> list[str]:
-        out = []
-        while True:
-            try:
-                out.append(self.notify.recv(4096).decode())
-            except BlockingIOError:
-                return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.notify.close()
-        self.log.close()
+def http_get(ns: Netns, url: str) -> tuple[int, str]:
+    """GET from inside ``ns`` (the test process cannot reach the namespaces' addresses)."""
+    res = ns.run(["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url], check=False, timeout=15)
+    body, _, code = res.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), body
 
 
 class Prometheus:
-    def __init__(self, binary: str, tmp: Path, targets: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    """Debian's prometheus in ``ns``, scraping ``targets`` every second."""
+
+    def __init__(self, lab: Lab, ns: Netns, binary: str, targets: list[str]) -> None:
+        self.ns = ns
+        self.url = f"http://127.0.0.1:{PROM_PORT}"
+        tmp = lab.tmpdir("prometheus")
         config = tmp / "prometheus.yml"
-        # JSON is YAML; one job, both speakers, scraped every second.
+        # JSON is YAML: one job, every node, and the shipped alert rules.
         config.write_text(
             json.dumps(
                 {
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    # The shipped alert rules, evaluated against the live metrics.
                     "rule_files": [str(ALERTS)],
                     "scrape_configs": [
                         {"job_name": "routemesh", "static_configs": [{"targets": targets}]}
@@ -106,29 +68,28 @@ class Prometheus:
                 }
             )
         )
-        self.log = open(tmp / "prometheus.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
+        self.log = tmp / "prometheus.log"
+        self.proc = ns.popen(
             [
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address=127.0.0.1:{PROM_PORT}",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            log=self.log,
         )
         wait_for(
-            lambda: self.proc.poll() is not None or http_get(self.url + "/-/ready")[0] == 200,
+            lambda: self.proc.poll() is not None or http_get(ns, self.url + "/-/ready")[0] == 200,
             timeout=60,
             what="Prometheus ready",
         )
         if self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {(tmp / 'prometheus.log').read_text()}")
+            raise RuntimeError(f"prometheus exited: {self.log.read_text()}")
 
     def query(self, expr: str) -> dict[str, float]:
-        """Instant query; {instance + labels: value}."""
+        """Instant query: {'instance=…,label=…': value}, without job and __name__."""
         status, body = http_get(
-            self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            self.ns, self.url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         )
         assert status == 200, body
         data = json.loads(body)
@@ -143,8 +104,8 @@ class Prometheus:
         return out
 
     def alerts(self, name: str) -> dict[str, str]:
-        """{peer: state} of the active (pending or firing) alerts called `name`."""
-        status, body = http_get(self.url + "/api/v1/alerts")
+        """{'instance peer': state} of the active alerts called ``name``."""
+        status, body = http_get(self.ns, self.url + "/api/v1/alerts")
         assert status == 200, body
         return {
             a["labels"].get("instance", "") + " " + a["labels"].get("peer", ""): a["state"]
@@ -152,132 +113,115 @@ class Prometheus:
             if a["labels"]["alertname"] == name
         }
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
-
-@pytest.fixture
-def feeder(tmp_path: Path) -> Iterator[Feeder]:
-    f = Feeder(tmp_path)
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, feeder: Feeder) -> Iterator[Prometheus]:
+def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
+    require_root()
     binary = require_binary("prometheus")
-    targets = [f"127.0.0.1:{feeder.ports['a']}", f"127.0.0.1:{feeder.ports['b']}"]
-    p = Prometheus(binary, tmp_path, targets)
-    yield p
-    p.stop()
+    require_binary("curl")
+    cluster = Cluster(lab)
+    cluster.segment("br0", "198.18.0.1/24")
+    h1 = cluster.host("host1", "198.18.0.2/24")
+    h2 = cluster.host("host2", "198.18.0.3/24")
+    cluster.apply(POOL)
+    a, b = f"{h1.ip}:{PORT}", f"{h2.ip}:{PORT}"
+    prom = Prometheus(lab, cluster.router, binary, [a, b])
 
-
-def test_prometheus_scrapes_session_gauge_and_prefix_counts(feeder: Feeder, prometheus: Prometheus):
-    a = f"127.0.0.1:{feeder.ports['a']}"
-    b = f"127.0.0.1:{feeder.ports['b']}"
-
-    # Before the sessions start: both targets are up, neither is ready, nobody is Established.
+    # host1 alone: scraped, but not ready while its only session cannot come up.
+    cluster.start("host1", "--metrics-port", str(PORT))
     wait_for(
-        lambda: prometheus.query("up") == {f"instance={a}": 1, f"instance={b}": 1},
-        timeout=30,
-        what="both targets scraped",
-        describe=lambda: str(prometheus.query("up")),
+        lambda: prom.query("up") == {f"instance={a}": 1.0, f"instance={b}": 0.0},
+        timeout=60,
+        what="host1 scraped, host2 not yet",
+        describe=lambda: f"{prom.query('up')}\n{cluster.log_text('host1')[-2000:]}",
     )
-    for port in (feeder.ports["a"], feeder.ports["b"]):
-        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
-        assert status == 503 and "[-]bgp-sessions" in body
+    status, body = http_get(cluster.router, f"http://{a}/readyz")
+    assert status == 503 and "[-]bgp-sessions failed: 0/1 BGP sessions Established" in body
     established = 'routemesh_bgp_session_state{state="Established"}'
-    assert set(prometheus.query(established).values()) == {0.0}
-    assert feeder.notifications() == []
-    down = "RoutemeshBGPSessionDown"
-    both_pending = {f"{a} 127.0.0.2": "pending", f"{b} 127.0.0.1": "pending"}
-    wait_for(
-        lambda: prometheus.alerts(down) == both_pending,
-        timeout=30,
-        what="the shipped session-down alert pending for both idle sessions",
-        describe=lambda: str(prometheus.alerts(down)),
-    )
+    assert prom.query(established) == {f"instance={a},peer={h2.ip},state=Established": 0.0}
 
-    feeder.send("start")
-    want = {f"instance={a},peer=127.0.0.2": 1.0, f"instance={b},peer=127.0.0.1": 1.0}
+    cluster.start("host2", "--metrics-port", str(PORT))
+    cluster.wait_peers("host1", {h2.ip})
+    cluster.wait_peers("host2", {h1.ip})
+    # One block each: a pod through the CNI plugin makes the host claim it.
+    cluster.pod("host1", "web-1")
+    cluster.pod("host2", "web-2")
+    want_up = {
+        f"instance={a},peer={h2.ip},state=Established": 1.0,
+        f"instance={b},peer={h1.ip},state=Established": 1.0,
+    }
     wait_for(
-        lambda: _strip(prometheus.query(established + " == 1")) == want,
-        timeout=30,
+        lambda: prom.query(established) == want_up,
+        timeout=60,
         what="Prometheus sees both sessions Established",
-        describe=lambda: str(prometheus.query(established)),
+        describe=lambda: str(prom.query(established)),
     )
-    for port in (feeder.ports["a"], feeder.ports["b"]):
-        assert http_get(f"http://127.0.0.1:{port}/readyz") == (200, "readyz check passed\n")
-    assert feeder.notifications() == ["READY=1\nSTATUS=2/2 BGP sessions Established"]
-
-    received = "routemesh_bgp_prefixes_received"
-    expected = {
-        f"family=ipv4-unicast,instance={b},peer=127.0.0.1": float(V4),
-        f"family=ipv6-unicast,instance={b},peer=127.0.0.1": float(V6),
-        f"family=ipv4-unicast,instance={a},peer=127.0.0.2": 3.0,
-        f"family=ipv6-unicast,instance={a},peer=127.0.0.2": 1.0,
+    one_each = {
+        f"family=ipv4-unicast,instance={a},peer={h2.ip}": 1.0,
+        f"family=ipv4-unicast,instance={b},peer={h1.ip}": 1.0,
     }
-    wait_for(
-        lambda: prometheus.query(received) == expected,
-        timeout=30,
-        what="prefix counts in Prometheus",
-        describe=lambda: str(prometheus.query(received)),
-    )
-    advertised = prometheus.query(f'routemesh_bgp_prefixes_advertised{{instance="{a}"}}')
-    assert advertised == {
-        f"family=ipv4-unicast,instance={a},peer=127.0.0.2": float(V4),
-        f"family=ipv6-unicast,instance={a},peer=127.0.0.2": float(V6),
-    }
-    assert prometheus.query("sum(routemesh_bgp_session_establishments_total)") == {"": 2.0}
-
-    # A withdraws some prefixes: the count B reports, as Prometheus stores it, drops.
-    feeder.send(f"withdraw {WITHDRAWN}")
-    v4_at_b = f'{received}{{instance="{b}",family="ipv4-unicast"}}'
+    for name in ("received", "accepted", "advertised"):
+        expr = f'routemesh_bgp_prefixes_{name}{{family="ipv4-unicast"}}'
+        wait_for(
+            lambda expr=expr: prom.query(expr) == one_each,
+            timeout=60,
+            what=f"{expr}: each node holds the other's block",
+            describe=lambda expr=expr: str(prom.query(expr)),
+        )
+    blocks = {f"instance={a}": 1.0, f"instance={b}": 1.0}
+    assert prom.query("routemesh_ipam_blocks") == blocks
+    # The Loc-RIB holds both blocks; the kernel our block's blackhole and the other's route.
     wait_for(
         lambda: (
-            prometheus.query(v4_at_b)
-            == {f"family=ipv4-unicast,instance={b},peer=127.0.0.1": float(V4 - WITHDRAWN)}
+            prom.query('routemesh_rib_routes{family="ipv4-unicast"}')
+            == {f"family=ipv4-unicast,instance={a}": 2.0, f"family=ipv4-unicast,instance={b}": 2.0}
         ),
         timeout=30,
-        what="the withdrawal reaches Prometheus",
-        describe=lambda: str(prometheus.query(v4_at_b)),
+        what="two IPv4 routes in each Loc-RIB",
+        describe=lambda: str(prom.query("routemesh_rib_routes")),
     )
-    withdrawn = prometheus.query(
-        f'routemesh_bgp_prefix_updates_received_total{{instance="{b}",type="withdraw",'
-        'family="ipv4-unicast"}'
-    )
-    assert list(withdrawn.values()) == [float(WITHDRAWN)]
-    # The uptime gauge is exported and positive for a live session.
-    uptimes = prometheus.query("routemesh_bgp_session_uptime_seconds > 0")
-    assert len(uptimes) == 2
     wait_for(
-        lambda: prometheus.alerts(down) == {},
+        lambda: prom.query("routemesh_fib_in_sync") == {f"instance={a}": 1.0, f"instance={b}": 1.0},
         timeout=30,
-        what="no session-down alert while both sessions are up",
-        describe=lambda: str(prometheus.alerts(down)),
+        what="both FIBs in sync",
+        describe=lambda: str(prom.query("routemesh_fib_in_sync")),
     )
-
-    # A ends the session: both sides count a flap, and the alert is pending again.
-    feeder.send("stop")
+    assert prom.query('routemesh_fib_routes{family="ipv4-unicast"}') == {
+        f"family=ipv4-unicast,instance={a}": 2.0,
+        f"family=ipv4-unicast,instance={b}": 2.0,
+    }
     wait_for(
-        lambda: prometheus.alerts(down) == both_pending,
+        lambda: prom.query("routemesh_agent_endpoints") == blocks,
         timeout=30,
-        what="the session-down alert after a Cease",
-        describe=lambda: str(prometheus.alerts(down)),
+        what="one endpoint on each host in the agent metrics",
+        describe=lambda: str(prom.query("routemesh_agent_endpoints")),
     )
-    flaps = prometheus.query("routemesh_bgp_session_flaps_total")
-    assert set(flaps.values()) == {1.0}, flaps
-    cease = prometheus.query('routemesh_bgp_last_notification_code{type="received"}')
-    assert cease == {f"instance={b},peer=127.0.0.1,type=received": 6.0}, cease
+    restores = prom.query('routemesh_agent_restore_calls_total{type="iptables"}')
+    assert set(restores) == {f"instance={a},type=iptables", f"instance={b},type=iptables"}
+    assert min(restores.values()) >= 1, restores
+    assert prom.query("sum(routemesh_bgp_session_establishments_total)") == {"": 2.0}
+    for target in (a, b):
+        status, body = http_get(cluster.router, f"http://{target}/readyz?verbose")
+        assert status == 200, body
+        assert "[+]bgp-sessions ok" in body and "[+]fib-synced ok" in body, body
+        assert "[+]dataplane-synced ok" in body, body
+    down = "RoutemeshBGPSessionDown"
+    assert prom.alerts(down) == {}
 
-
-def _strip(result: dict[str, float]) -> dict[str, float]:
-    """Drop the state label, which the query pins anyway."""
-    return {k.replace(",state=Established", ""): v for k, v in result.items()}
+    # host2 stops (SIGTERM: a Cease to host1). host1's series say why, and the shipped
+    # session-down alert goes pending for that peer.
+    cluster.stop("host2")
+    wait_for(
+        lambda: prom.alerts(down) == {f"{a} {h2.ip}": "pending"},
+        timeout=60,
+        what="the session-down alert pending on host1",
+        describe=lambda: str(prom.alerts(down)),
+    )
+    flaps = prom.query(f'routemesh_bgp_session_flaps_total{{instance="{a}"}}')
+    assert flaps == {f"instance={a},peer={h2.ip}": 1.0}, flaps
+    cease = prom.query(f'routemesh_bgp_last_notification_code{{instance="{a}"}}')
+    assert cease == {f"instance={a},peer={h2.ip},type=received": 6.0}, cease
+    # Nodes speak graceful restart: host1 keeps host2's block (stale) for the restart time, so
+    # pods there stay reachable through a node restart, and the gauge says so.
+    accepted = prom.query(f'routemesh_bgp_prefixes_accepted{{instance="{a}"}}')
+    assert accepted == {f"family=ipv4-unicast,instance={a},peer={h2.ip}": 1.0}, accepted
+    assert prom.query("up") == {f"instance={a}": 1.0, f"instance={b}": 0.0}
