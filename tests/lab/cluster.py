@@ -111,7 +111,7 @@ class Cluster:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    def start(self, name: str, *extra: str) -> Host:
+    def start(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Host:
         host = self.hosts[name]
         host.log = self.tmp / f"node-{name}.log"
         argv = [
@@ -136,7 +136,7 @@ class Cluster:
             "debug",
             *extra,
         ]
-        host.proc = host.ns.popen(argv, log=host.log)
+        host.proc = host.ns.popen(argv, log=host.log, env=env)
         return host
 
     def stop(self, name: str, *, kill9: bool = False) -> int | None:
