@@ -10,11 +10,13 @@ gauge, the prefix counts for one block per node, and what a stopped node leaves 
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_health_bgpd import NotifySocket
 from tests.lab.cluster import Cluster
 from tests.lab.netns import Lab, Netns
 from tests.lab.require import require_binary, require_root
@@ -126,8 +128,12 @@ def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
     a, b = f"{h1.ip}:{PORT}", f"{h2.ip}:{PORT}"
     prom = Prometheus(lab, cluster.router, binary, [a, b])
 
-    # host1 alone: scraped, but not ready while its only session cannot come up.
-    cluster.start("host1", "--metrics-port", str(PORT))
+    # host1 alone, as systemd runs it: scraped, but not ready while its only session cannot
+    # come up, so no READY=1 yet.
+    notify = NotifySocket(cluster.tmp / "notify.sock")
+    lab.on_cleanup(notify.close)
+    env = {**os.environ, "NOTIFY_SOCKET": notify.path}
+    cluster.start("host1", "--metrics-port", str(PORT), env=env)
     wait_for(
         lambda: prom.query("up") == {f"instance={a}": 1.0, f"instance={b}": 0.0},
         timeout=60,
@@ -138,6 +144,9 @@ def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
     assert status == 503 and "[-]bgp-sessions failed: 0/1 BGP sessions Established" in body
     established = 'routemesh_bgp_session_state{state="Established"}'
     assert prom.query(established) == {f"instance={a},peer={h2.ip},state=Established": 0.0}
+    sent = notify.fields()
+    assert sent and not any("READY" in m for m in sent), sent
+    assert sent[0]["STATUS"].startswith("waiting for bgp-sessions"), sent
 
     cluster.start("host2", "--metrics-port", str(PORT))
     cluster.wait_peers("host1", {h2.ip})
@@ -204,6 +213,8 @@ def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
         assert status == 200, body
         assert "[+]bgp-sessions ok" in body and "[+]fib-synced ok" in body, body
         assert "[+]dataplane-synced ok" in body, body
+    ready = [m for m in notify.fields() if m.get("READY") == "1"]
+    assert [m["STATUS"] for m in ready] == ["ready: 1/1 BGP sessions Established"], ready
     down = "RoutemeshBGPSessionDown"
     assert prom.alerts(down) == {}
 
@@ -225,3 +236,5 @@ def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
     accepted = prom.query(f'routemesh_bgp_prefixes_accepted{{instance="{a}"}}')
     assert accepted == {f"family=ipv4-unicast,instance={a},peer={h2.ip}": 1.0}, accepted
     assert prom.query("up") == {f"instance={a}": 1.0, f"instance={b}": 0.0}
+    cluster.stop("host1")
+    assert any(m.get("STOPPING") == "1" for m in notify.fields()), notify.received
