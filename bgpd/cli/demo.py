@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from bgpd.cli.node import format_node_status
+from bgpd.datastore.base import DatastoreError
 from bgpd.demo.cluster import (
     ETCD_RELAY,
     HOSTS,
@@ -148,7 +149,11 @@ def _run(args: argparse.Namespace) -> int:
     target = None
     if args.datastore:
         target = _etcd_target(args.datastore)
-        keys = asyncio.run(_store_keys(args.datastore))
+        _step(f"checking that {args.datastore} answers and holds no routemesh data")
+        try:
+            keys = asyncio.run(_store_keys(args.datastore))
+        except DatastoreError as err:
+            raise DemoError(f"cannot use {args.datastore}: {err}") from err
         if keys:
             raise DemoError(
                 f"{args.datastore} already holds {len(keys)} routemesh keys (e.g. {keys[0]}); "

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from bgpd.cli.demo import format_matrix
 from bgpd.datastore.url import open_datastore
+from bgpd.demo.cluster import PODS as POD_SPECS
+from bgpd.demo.cluster import Outcome
 from tests.lab.etcd import EtcdServer
 from tests.lab.require import require_binary, require_link_kind, require_root
+from tests.lab.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -185,6 +189,19 @@ def test_demo_keep_then_down_from_a_fresh_process() -> None:
         ping = next(ln for ln in explore if "ip netns exec" in ln and "ping" in ln)
         cmd = ping.split("#")[0].split()
         assert subprocess.run(cmd, capture_output=True, timeout=30).returncode == 1  # denied
+        # Denied by the policy, not by a missing route: once no policy selects bmi/db (only
+        # its namespace profile, which allows all), the same ping passes.
+        store = f"sqlite://{STATE}/store.db"
+        for policy in ("tenants-deny-the-rest", "org-bmi-admits-bmi"):
+            subprocess.run(
+                [ROUTEMESH, "delete", "globalnetworkpolicy", policy, "--datastore", store],
+                check=True, capture_output=True, timeout=30,
+            )  # fmt: skip
+        wait_for(
+            lambda: subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0,
+            timeout=30,
+            what="ami-a/web to reach bmi/db once the deny policy is gone",
+        )
     finally:
         down = demo("--down", timeout=60)
     assert down.returncode == 0, down.stdout + down.stderr
@@ -223,3 +240,25 @@ def test_demo_on_etcd_relays_it_into_the_namespaces_and_removes_its_keys() -> No
         refused = demo("--datastore", etcd.url)
         assert refused.returncode == 1 and "already holds" in refused.stderr
         assert_nothing_left(before)
+
+
+def _outcome(flip: tuple[str, str] | None = None) -> Outcome:
+    outcome = Outcome(ips={p.label: f"10.244.0.{i + 1}" for i, p in enumerate(POD_SPECS)})
+    for src in PODS:
+        for j, dst in enumerate(PODS):
+            if src != dst:
+                outcome.matrix[(src, dst)] = EXPECTED[src][j] == "allowed"
+    if flip is not None:
+        outcome.matrix[flip] = not outcome.matrix[flip]
+    return outcome
+
+
+def test_a_matrix_that_breaks_the_policy_is_reported_cell_by_cell() -> None:
+    assert _outcome().mismatches() == []
+    leaky = _outcome(flip=("ami-a/web", "bmi/db"))
+    assert leaky.mismatches() == ["ami-a/web -> bmi/db: expected denied, got allowed"]
+    rows = format_matrix(leaky).splitlines()
+    (row,) = [r for r in rows if r.startswith("ami-a/web ")]
+    assert row.split()[2:] == ["-", "allowed", "allowed", "denied", "allowed!"]
+    blocked = _outcome(flip=("bmi/db", "bmi/web"))
+    assert blocked.mismatches() == ["bmi/db -> bmi/web: expected allowed, got denied"]
