@@ -204,8 +204,13 @@ class NodeRunner:
             policy_enabled=opts.policy,
             ipam=self.ipam,
             blocks=lambda: self.blocks,
+            pools=lambda: self.view.pools,
         )
         self.daemon.handlers["node-status"] = lambda _req: self.status()
+        try:
+            await self.node_metrics.load_blocks(store)
+        except DatastoreError as err:
+            log.warning("pool usage metrics unavailable: %s", err)
         await fib.start()
         await self._tunnels_and_mtu()
         await self._refresh_originations()
@@ -473,6 +478,7 @@ class NodeRunner:
                 _items, revision = await store.list("/routemesh/v1/resources/Node/")
                 self._dirty.set()
                 self.node_metrics.on_reconnect()
+                await self.node_metrics.load_blocks(store)
             except DatastoreError as err:
                 log.warning("datastore watch failed (%s); retrying", err)
                 await asyncio.sleep(1.0)
@@ -499,7 +505,6 @@ class NodeRunner:
         store_revision = await self._load()
         # How far the watch trails the store when we look (0 when it has caught up).
         self.node_metrics.set_watch_lag(store_revision, self._watched_revision)
-        await self.node_metrics.refresh_pools(self.store, self.view.pools)  # type: ignore[arg-type]
         topo = self._compute()
         if topo != self.topology:
             before = {p.address for p in self.topology.peers} if self.topology else set()

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 from bgpd.health import DATAPLANE_SYNCED
 from bgpd.metrics import AREAS
 from bgpd.observe import Observer
+from ipam.block import Block
+from ipam.errors import IpamError
+from ipam.keys import BLOCKS
 
 if TYPE_CHECKING:
     from agent.policy_dataplane import Runner
@@ -28,9 +31,6 @@ if TYPE_CHECKING:
     from bgpd.model.ipam import IPPool
 
 log = logging.getLogger("routemesh.node")
-
-# Pool usage needs every block of the cluster; read it at most this often.
-POOL_USAGE_PERIOD = 60.0
 
 
 class NodeMetrics:
@@ -44,6 +44,7 @@ class NodeMetrics:
         policy_enabled: bool,
         ipam: Any,
         blocks: Callable[[], Sequence[Any]],
+        pools: Callable[[], Iterable[IPPool]] = tuple,
     ) -> None:
         self.observer = Observer(daemon, areas=AREAS)
         daemon.observer = self.observer
@@ -53,9 +54,12 @@ class NodeMetrics:
         self.policy_sync: PolicySync | None = None
         self.ipam = ipam
         self._blocks = blocks
+        self._pools = pools
         self._conflicts_seen = 0
-        self._pools_read_at = float("-inf")
         self._pool_names: set[str] = set()
+        # Addresses in use per block of the whole cluster (key -> (cidr, in use)), read once
+        # and then kept current from the node's watch, which carries every block write.
+        self._block_use: dict[str, tuple[Any, int]] | None = None
         self.observer.add_check(DATAPLANE_SYNCED, self._dataplane_synced, latch=True)
         self.observer.exporters.append(self.export)
 
@@ -107,6 +111,17 @@ class NodeMetrics:
     def on_watch_event(self, event: WatchEvent) -> None:
         if self.metrics.datastore is not None:
             self.metrics.datastore.on_watch_event(event.kind)
+        use = self._block_use
+        if use is not None and event.key.startswith(BLOCKS):
+            if event.kind == "delete" or event.value is None:
+                use.pop(event.key, None)
+                return
+            try:
+                block = Block.from_json(event.value, event.key)
+            except IpamError:
+                use.pop(event.key, None)  # ipam logs malformed blocks; count it as gone
+                return
+            use[event.key] = (block.cidr, block.in_use())
 
     def on_reconnect(self) -> None:
         if self.metrics.datastore is not None:
@@ -116,29 +131,17 @@ class NodeMetrics:
         if self.metrics.datastore is not None:
             self.metrics.datastore.set_watch_lag(store_revision, applied_revision)
 
-    async def refresh_pools(self, store: Datastore, pools: Iterable[IPPool]) -> None:
-        """Addresses in use and free per pool, from every block (rate-limited)."""
-        now = time.monotonic()
-        ipam_m = self.metrics.ipam
-        if ipam_m is None or now - self._pools_read_at < POOL_USAGE_PERIOD:
-            return
-        self._pools_read_at = now
-        from ipam.allocator import read_blocks
-
-        blocks = [b for b, _rev in await read_blocks(store)]
-        names = set()
-        for pool in pools:
-            net = pool.spec.network
-            used = sum(
-                b.in_use()
-                for b in blocks
-                if b.cidr.version == net.version and b.cidr.subnet_of(net)  # type: ignore[arg-type]
-            )
-            ipam_m.set_pool(pool.name, used, net.num_addresses - used)
-            names.add(pool.name)
-        for gone in self._pool_names - names:
-            ipam_m.remove_pool(gone)
-        self._pool_names = names
+    async def load_blocks(self, store: Datastore) -> None:
+        """Read every block once (again after the watch had to start over)."""
+        kvs, _rev = await store.list(BLOCKS)
+        use = {}
+        for kv in kvs:
+            try:
+                block = Block.from_json(kv.value, kv.key)
+            except IpamError:
+                continue
+            use[kv.key] = (block.cidr, block.in_use())
+        self._block_use = use
 
     # -- before each scrape ------------------------------------------------------------------
 
@@ -150,8 +153,26 @@ class NodeMetrics:
             if stats is not None and stats.conflicts > self._conflicts_seen:
                 m.ipam.on_cas_conflict(stats.conflicts - self._conflicts_seen)
                 self._conflicts_seen = stats.conflicts
+            if self._block_use is not None:
+                self._export_pools(m.ipam)
         if m.agent is not None and self.policy_sync is not None:
             _export_dataplane(m.agent, self.policy_sync)
+
+    def _export_pools(self, ipam_m: Any) -> None:
+        assert self._block_use is not None
+        names = set()
+        for pool in self._pools():
+            net = pool.spec.network
+            used = sum(
+                n
+                for cidr, n in self._block_use.values()
+                if cidr.version == net.version and cidr.subnet_of(net)
+            )
+            ipam_m.set_pool(pool.name, used, net.num_addresses - used)
+            names.add(pool.name)
+        for gone in self._pool_names - names:
+            ipam_m.remove_pool(gone)
+        self._pool_names = names
 
 
 def _restore_kind(argv: Sequence[str]) -> str | None:

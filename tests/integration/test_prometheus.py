@@ -204,6 +204,26 @@ def test_prometheus_scrapes_two_mesh_nodes(lab: Lab) -> None:
         what="one endpoint on each host in the agent metrics",
         describe=lambda: str(prom.query("routemesh_agent_endpoints")),
     )
+    # Pool usage follows the block writes of the whole cluster: one pod on each host.
+    in_use = {f"instance={a},pool=pool1": 2.0, f"instance={b},pool=pool1": 2.0}
+    wait_for(
+        lambda: prom.query("routemesh_ipam_addresses_in_use") == in_use,
+        timeout=30,
+        what="two addresses in use in pool1, seen from both nodes",
+        describe=lambda: str(prom.query("routemesh_ipam_addresses_in_use")),
+    )
+    free = prom.query("routemesh_ipam_addresses_free")
+    assert free == {k: 65536.0 - 2 for k in in_use}, free
+    puts = prom.query('routemesh_datastore_watch_events_total{type="put"}')
+    assert len(puts) == 2 and min(puts.values()) >= 1, puts
+    wait_for(
+        lambda: prom.query("routemesh_datastore_watch_lag_revisions") == {
+            f"instance={a}": 0.0, f"instance={b}": 0.0
+        },
+        timeout=30,
+        what="both nodes' watches caught up with the store",
+        describe=lambda: str(prom.query("routemesh_datastore_watch_lag_revisions")),
+    )  # fmt: skip
     restores = prom.query('routemesh_agent_restore_calls_total{type="iptables"}')
     assert set(restores) == {f"instance={a},type=iptables", f"instance={b},type=iptables"}
     assert min(restores.values()) >= 1, restores

@@ -3,6 +3,7 @@ latch and FIB counters, sd_notify messages, and the node's restore-run counting.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -12,8 +13,13 @@ import pytest
 
 from agent.node_metrics import NodeMetrics, _restore_kind
 from bgpd.config import ConfigError, parse_config
+from bgpd.datastore.base import WatchEvent
+from bgpd.datastore.memory import MemoryDatastore
 from bgpd.dynamic import DynamicDaemon
 from bgpd.health import DATAPLANE_SYNCED, FIB_SYNCED
+from bgpd.model import from_dict
+from ipam.block import Block
+from ipam.keys import block_key
 
 BASE = """
 [global]
@@ -165,3 +171,53 @@ def test_node_run_rejects_a_bad_metrics_port_or_address() -> None:
         )
         assert res.returncode == 2, res.stderr
         assert words in res.stderr
+
+
+async def test_pool_usage_is_read_once_then_follows_block_writes() -> None:
+    pool = from_dict(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": "pool1"},
+            "spec": {"cidr": "10.244.0.0/16", "blockSize": 26},
+        }
+    )
+    other = from_dict(
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": "pool2"},
+            "spec": {"cidr": "100.64.0.0/16", "blockSize": 26},
+        }
+    )
+    store = MemoryDatastore()
+    first = Block.new(ipaddress.ip_network("10.244.0.0/26"), "host1")
+    first.assign(1, "h1", None)
+    await store.put(block_key(first.cidr), first.to_json())
+    pools = [pool]
+    nm = NodeMetrics(
+        daemon(), None, policy_enabled=False, ipam=None, blocks=list, pools=lambda: pools
+    )
+    nm.export()
+    assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool1"}) is None
+    await nm.load_blocks(store)
+    nm.export()
+    assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool1"}) == 1
+    assert nm.metrics.value("routemesh_ipam_addresses_free", {"pool": "pool1"}) == 65535
+    # A second block with two addresses arrives through the watch; the first one goes.
+    second = Block.new(ipaddress.ip_network("10.244.0.64/26"), "host2")
+    second.assign(0, "h2", None)
+    second.assign(5, "h3", None)
+    key2 = block_key(second.cidr)
+    nm.on_watch_event(WatchEvent("put", key2, second.to_json(), 10))
+    nm.on_watch_event(WatchEvent("delete", block_key(first.cidr), None, 11))
+    nm.on_watch_event(WatchEvent("put", key2 + "x", b"not json", 12))  # skipped, not fatal
+    pools.append(other)
+    nm.export()
+    assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool1"}) == 2
+    assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool2"}) == 0
+    assert nm.metrics.value("routemesh_datastore_watch_events_total", {"type": "put"}) == 2
+    # A pool that is deleted loses its series.
+    pools.remove(pool)
+    nm.export()
+    assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool1"}) is None
