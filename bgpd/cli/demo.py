@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -122,9 +123,14 @@ def _tear_down(lab: DemoLab | None = None) -> None:
 
 def _cli() -> str:
     """How to type our command here: `routemesh` if the shell finds this one, else its path."""
-    ours = tool("routemesh")[0]
+    ours = Path(tool("routemesh")[0])
     found = shutil.which("routemesh")
-    return "routemesh" if found and Path(found).resolve() == Path(ours).resolve() else ours
+    if found and Path(found).resolve() == ours.resolve():
+        return "routemesh"
+    # Run from the checkout (`make demo`): the README's `.venv/bin/routemesh`.
+    with contextlib.suppress(ValueError):
+        return str(ours.relative_to(Path.cwd()))
+    return str(ours)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,14 +265,16 @@ def format_matrix(outcome: Outcome) -> str:
 def _explore(cluster: DemoCluster, outcome: Outcome, store_url: str) -> None:
     cli = _cli()
     src, dst = PODS[0], PODS[-1]
+    src_ip, dst_ip = outcome.ips.get(src.label), outcome.ips.get(dst.label)
     print(
         "\nThe cluster is still running. Explore it:\n"
         f"  {cli} node status --node host1 --run-dir {cluster.run_dir}\n"
         f"  {cli} get workloadendpoints -A -o wide --datastore {store_url}\n"
         f"  {cli} get globalnetworkpolicy --datastore {store_url}\n"
+        f"  {cli} policy explain {dst_ip} --from {src_ip} --proto icmp --datastore {store_url}\n"
         f"  ip netns exec {HOSTS[3].ns} ip route\n"
         f"  ip netns exec {HOSTS[0].ns} iptables-save | grep -c cali\n"
-        f"  ip netns exec {src.ns} ping -c 2 {outcome.ips.get(dst.label)}"
+        f"  ip netns exec {src.ns} ping -c 2 {dst_ip}"
         f"    # {src.label} -> {dst.label}: denied\n"
         f"  ls {STATE_DIR / 'logs'}\n"
         f"Remove it with:\n  {cli} demo --down"

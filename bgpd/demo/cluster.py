@@ -184,7 +184,8 @@ class DemoCluster:
             path = MANIFESTS / name
             if not path.exists():
                 raise DemoError(f"{path} is missing (run the demo from a routemesh checkout)")
-            self.progress(f"routemesh apply -f {path}")
+            shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+            self.progress(f"routemesh apply -f {shown}")
             self.routemesh("apply", "-f", str(path), "--datastore", self.store_url)
 
     # -- nodes ---------------------------------------------------------------------------------
