@@ -26,7 +26,7 @@ from agent.endpoint import EndpointDataplane
 from agent.endpoints import EndpointResync, Workloads
 from agent.mtu import detect_host_mtu, publish_workload_mtu
 from agent.nat import run_nat_outgoing
-from agent.node_metrics import NodeMetrics
+from agent.node_metrics import NodeMetrics, newest_revision
 from agent.routing import (
     NodeAddressing,
     blackholes,
@@ -502,9 +502,11 @@ class NodeRunner:
         assert self.daemon is not None
         old_pools = self.view.pools
         old_nodes = self.view.nodes
-        store_revision = await self._load()
-        # How far the watch trails the store when we look (0 when it has caught up).
-        self.node_metrics.set_watch_lag(store_revision, self._watched_revision)
+        await self._load()
+        # Writes to what we just read that the watch has not delivered yet (0 when caught up).
+        view = self.view
+        listed = [view.config, *view.nodes, *view.peers, *view.pools]
+        self.node_metrics.set_watch_lag(newest_revision(listed), self._watched_revision)
         topo = self._compute()
         if topo != self.topology:
             before = {p.address for p in self.topology.peers} if self.topology else set()

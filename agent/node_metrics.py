@@ -175,6 +175,21 @@ class NodeMetrics:
         self._pool_names = names
 
 
+def newest_revision(resources: Iterable[Any]) -> int:
+    """The newest store revision among resources just listed (their resourceVersion).
+
+    Compared with the revision the watch has applied, it gives the watch lag without counting
+    writes to keys we do not watch (an etcd shared with other programs advances its revision
+    for those too, and that is no lag of ours).
+    """
+    newest = 0
+    for res in resources:
+        version = getattr(getattr(res, "metadata", None), "resource_version", None)
+        if version is not None and str(version).isdigit():
+            newest = max(newest, int(version))
+    return newest
+
+
 def _restore_kind(argv: Sequence[str]) -> str | None:
     if not argv:
         return None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.node_metrics import NodeMetrics, _restore_kind
+from agent.node_metrics import NodeMetrics, _restore_kind, newest_revision
 from bgpd.config import ConfigError, parse_config
 from bgpd.datastore.base import WatchEvent
 from bgpd.datastore.memory import MemoryDatastore
@@ -221,3 +221,18 @@ async def test_pool_usage_is_read_once_then_follows_block_writes() -> None:
     pools.remove(pool)
     nm.export()
     assert nm.metrics.value("routemesh_ipam_addresses_in_use", {"pool": "pool1"}) is None
+
+
+def test_watch_lag_counts_only_resources_we_listed() -> None:
+    def node(version: str | None) -> object:
+        body = {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "n"}}
+        if version is not None:
+            body["metadata"]["resourceVersion"] = version  # type: ignore[index]
+        return from_dict(body)
+
+    assert newest_revision([None, node("12"), node("40"), node(None)]) == 40
+    nm = NodeMetrics(daemon(), None, policy_enabled=False, ipam=None, blocks=list)
+    nm.set_watch_lag(newest_revision([node("40")]), 37)
+    assert nm.metrics.value("routemesh_datastore_watch_lag_revisions") == 3
+    nm.set_watch_lag(newest_revision([node("40")]), 45)  # the watch saw newer writes
+    assert nm.metrics.value("routemesh_datastore_watch_lag_revisions") == 0
