@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     removed = False
     try:
-        outcome = _scenario(cluster, args.datastore, target)
+        outcome = _scenario(cluster, args.datastore, target, args.keep)
         if outcome is None:
             return 1
         _show(cluster, outcome)
@@ -203,7 +203,9 @@ def _run(args: argparse.Namespace) -> int:
             down(procs=lab.procs, clear_store=_clear_store)
 
 
-def _scenario(cluster: DemoCluster, url: str | None, target: str | None) -> Outcome | None:
+def _scenario(
+    cluster: DemoCluster, url: str | None, target: str | None, keep: bool
+) -> Outcome | None:
     try:
         _step(
             "building 4 hosts and a router in network namespaces "
@@ -219,6 +221,12 @@ def _scenario(cluster: DemoCluster, url: str | None, target: str | None) -> Outc
     except DemoError as err:
         print(f"routemesh demo: {err}", file=sys.stderr)
         print(f"routemesh demo: node logs are in {STATE_DIR / 'logs'}", file=sys.stderr)
+        if keep:
+            print(
+                "routemesh demo: the cluster stays as it is for a look (--keep); "
+                "remove it with `routemesh demo --down`",
+                file=sys.stderr,
+            )
         return None
 
 

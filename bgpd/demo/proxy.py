@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: relay LISTEN (in NETNS) to TARGET (in our namespace) until killed."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3:
-        print("usage: python -m bgpd.demo.proxy NETNS LISTEN_HOST:PORT TARGET_HOST:PORT")
-        return 2
+        raise SystemExit("usage: python -m bgpd.demo.proxy NETNS LISTEN_HOST:PORT TARGET_HOST:PORT")
     netns, listen, target = args
     listener = listen_in(netns, _hostport(listen))
     with contextlib.suppress(KeyboardInterrupt):
