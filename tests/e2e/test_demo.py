@@ -7,6 +7,7 @@ ping matrix of the tenant-isolation policy, exit 0; then nothing left behind on 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -208,6 +209,33 @@ def test_demo_keep_then_down_from_a_fresh_process() -> None:
     assert_nothing_left(before)
     # A second --down, with nothing to remove, is fine too.
     assert demo("--down", timeout=60).returncode == 0
+
+
+def test_down_removes_a_demo_killed_half_way() -> None:
+    _requirements()
+    before = snapshot()
+    proc = subprocess.Popen(
+        [ROUTEMESH, "demo"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        # Killed once the nodes run: no finally of its own cleans up after SIGKILL.
+        wait_for(
+            lambda: (
+                len(json.loads((STATE / "state.json").read_text())["processes"]) >= 4
+                if (STATE / "state.json").exists()
+                else False
+            ),
+            timeout=60,
+            what="the demo to start its nodes",
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert any(n.startswith("rmdemo-host") for n in snapshot()["netns"])
+    assert snapshot()["processes"]
+    down = demo("--down", timeout=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_nothing_left(before)
 
 
 async def _keys(url: str) -> list[str]:
