@@ -80,7 +80,15 @@ async def _clear_store_async(url: str) -> None:
 
 
 def _clear_store(url: str) -> None:
-    asyncio.run(_clear_store_async(url))
+    try:
+        asyncio.run(_clear_store_async(url))
+    except DatastoreError as err:
+        # The record stays, so the next --down tries again.
+        raise DemoError(
+            f"the namespaces are gone, but the demo's keys in {url} are not ({err}); "
+            f"run `routemesh demo --down` again once it answers (or delete {STATE_DIR} if that "
+            "etcd is gone for good)"
+        ) from err
 
 
 def _etcd_target(url: str) -> str:
