@@ -215,7 +215,8 @@ class DemoCluster:
         for pid, proc in self.lab.procs.items():
             if proc.poll() is not None:
                 cmd = " ".join(str(a) for a in proc.args)  # type: ignore[union-attr]
-                name = next((h.name for h in HOSTS if f" {h.name} " in f" {cmd} "), str(pid))
+                hosts = (h.name for h in HOSTS if f" {h.name} " in f" {cmd} ")
+                name = "etcd-relay" if "bgpd.demo.proxy" in cmd else next(hosts, str(pid))
                 log = self.logs / f"{name}.log"
                 tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
                 raise DemoError(f"{name} exited (code {proc.returncode}); its log ends:\n{tail}")
