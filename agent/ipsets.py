@@ -3,7 +3,7 @@ batches that add and delete members, plus the inverse batch that undoes one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from policy.ruleset import IPSet
@@ -18,13 +18,13 @@ def is_ours(name: str) -> bool:
     return name.startswith(SET_PREFIXES) and name not in OTHER_OWNERS
 
 
-def parse_save(text: str) -> dict[str, IPSet]:
-    """Our sets from `ipset save` output."""
+def parse_save(text: str, keep: Callable[[str], bool] = is_ours) -> dict[str, IPSet]:
+    """The sets ``keep`` selects (by default the policy dataplane's) from `ipset save`."""
     kinds: dict[str, tuple[str, int]] = {}
     members: dict[str, set[str]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or not is_ours(parts[1]):
+        if len(parts) < 3 or not keep(parts[1]):
             continue
         if parts[0] == "create":
             family = 6 if "inet6" in parts[3:] else 4

@@ -231,7 +231,7 @@ class NatOutgoing:
         if res.returncode != 0:
             raise ApplyError("ipset", res.stderr.strip())
         mine = self.set_names
-        self._sets = {n: s for n, s in ipsets.parse_save(res.stdout).items() if n in mine}
+        self._sets = ipsets.parse_save(res.stdout, keep=lambda name: name in mine)
 
     def reconcile(self, pools: Iterable[IPPool]) -> NatStats:
         """Read our sets and chain from the kernel and repair whatever differs from `pools`."""
