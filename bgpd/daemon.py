@@ -176,6 +176,11 @@ class Daemon:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for: what the shutdown withdraws is not news for the kernel FIB."""
+        return self._stopping.is_set()
+
     async def shutdown(self) -> None:
         """Cease every session (RFC 4486 Administrative Shutdown) and close what we opened."""
         log.info("shutting down: sending Cease to every peer")

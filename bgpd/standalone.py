@@ -16,9 +16,11 @@ import gc
 import logging
 
 from bgpd.config import Config
-from bgpd.daemon import Daemon
+from bgpd.daemon import Daemon, RouteSink
 from bgpd.fib.manager import FibManager, manager_from_config
 from bgpd.kernel import KernelRoutes
+from bgpd.speaker.rib import Path as RibPath
+from bgpd.speaker.types import Family, Prefix
 
 log = logging.getLogger("routemesh.bgpd")
 
@@ -33,7 +35,8 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
     if kernel is None:
         daemon = Daemon(config)
     else:
-        daemon = Daemon(config, route_sink=kernel.sink, nexthop_reachable=kernel.reachable)
+        daemon = Daemon(config, nexthop_reachable=kernel.reachable)
+        daemon.route_sink = _until_stopping(daemon, kernel.sink)
         kernel.reachability_changed = daemon.reachability_changed
     daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     settled = asyncio.create_task(_after_convergence(daemon, fib, freeze_gc), name="converged")
@@ -48,6 +51,18 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
                 await fib.stop()
             except Exception:
                 log.exception("fib: stop failed; routes of ours may be left in the kernel")
+
+
+def _until_stopping(daemon: Daemon, sink: RouteSink) -> RouteSink:
+    """``sink`` until a stop is asked for: the shutdown's Cease flushes every peer's routes,
+    and those withdrawals must not reach the kernel (`persist` keeps forwarding across a
+    restart; without it, FibManager.stop removes everything of ours anyway)."""
+
+    def gated(family: Family, prefix: Prefix, paths: tuple[RibPath, ...] | None) -> None:
+        if not daemon.stopping:
+            sink(family, prefix, paths)
+
+    return gated
 
 
 async def _start_fib(config: Config) -> tuple[FibManager | None, KernelRoutes | None]:

@@ -316,3 +316,33 @@ def test_a_dedicated_reflector_writes_no_kernel_route_unless_fib_is_enabled(
         for version, prefix in ((4, prefixes[0]), (6, prefixes[1])):
             assert kernel_routes(rr, version, proto=None, prefix=prefix) == {}
     assert _fib_log_problems(ours) == []
+
+
+# -- persist -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("persist", [True, False], ids=["persist", "no-persist"])
+def test_sigterm_leaves_our_routes_with_persist_and_removes_them_without(
+    lab: Lab, persist: bool
+) -> None:
+    _require()
+    dut, peer = lab.netns(), lab.netns()
+    lab.veth(dut, peer, ["198.18.48.1/24", "fd00:198:18:48::1/64"],
+             ["198.18.48.2/24", "fd00:198:18:48::2/64"])  # fmt: skip
+    bird = _bird(peer, "198.18.48.2", "fd00:198:18:48::2", "198.18.48.1")
+    bird.announce(["10.244.48.0/26", "fd00:10:244:48::/64"])
+    bird.start()
+    flag = "true" if persist else "false"
+    ours = _ours(
+        lab, dut, "198.18.48.1", ["198.18.48.2"], fib=f"[fib]\nenabled = true\npersist = {flag}\n"
+    )
+    ours.start()
+    want = {"10.244.48.0/26": ["198.18.48.2"], "fd00:10:244:48::/64": ["fd00:198:18:48::2"]}
+
+    def kernel() -> dict[str, list[str]]:
+        return kernel_routes(dut, 4) | kernel_routes(dut, 6)
+
+    wait_for(lambda: kernel() == want, timeout=60, what="our routes", describe=ours.log_text)
+    assert ours.stop() == 0
+    assert kernel() == (want if persist else {})
+    assert _fib_log_problems(ours) == []
