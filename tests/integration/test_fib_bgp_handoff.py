@@ -1,0 +1,87 @@
+"""The hand-off between a real Daemon's route sink and the FIB bridge (bgpd/standalone.py):
+every change arrives in order, a whole table is handed over in slices that let the loop run,
+`drained()` waits for the last one, and nothing is handed over once a stop is asked for."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bgpd.config import parse_config
+from bgpd.daemon import Daemon
+from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST, Family, Prefix
+from bgpd.standalone import SinkQueue
+
+Change = tuple[Family, Prefix, object]
+
+
+def _daemon(tmp_path: Path) -> Daemon:
+    return Daemon(
+        parse_config(
+            f"""
+[global]
+asn = 64512
+router-id = "198.18.91.1"
+listen-address = "127.0.0.1"
+control-socket = "{tmp_path / "bgpd.sock"}"
+"""
+        )
+    )
+
+
+async def test_a_whole_table_arrives_in_order_in_slices_and_drained_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    got: list[Change] = []
+    queue = SinkQueue(_daemon(tmp_path), lambda f, p, paths: got.append((f, p, paths)), 100)
+    runner = asyncio.create_task(queue.run())
+    sent: list[Change] = [
+        (IPV4_UNICAST if i % 3 else IPV6_UNICAST, (i << 8, 24), None if i % 5 == 0 else ())
+        for i in range(1000)
+    ]
+    for change in sent:
+        queue.put(*change)
+    seen_by_others: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: seen_by_others.append(len(got)))
+    await queue.drained()
+    assert got == sent
+    # Another callback ran while the hand-off was under way: it did not take one loop turn.
+    assert seen_by_others and 0 <= seen_by_others[0] < len(sent)
+    queue.put(IPV4_UNICAST, (1, 32), None)
+    await queue.drained()
+    assert got[-1] == (IPV4_UNICAST, (1, 32), None)
+    runner.cancel()
+
+
+async def test_nothing_is_handed_over_once_a_stop_is_asked_for(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path)
+    got: list[Change] = []
+    queue = SinkQueue(daemon, lambda f, p, paths: got.append((f, p, paths)), 10)
+    runner = asyncio.create_task(queue.run())
+    for i in range(100):
+        queue.put(IPV4_UNICAST, (i << 8, 24), ())
+    await asyncio.sleep(0)  # the first slices go
+    await asyncio.sleep(0)
+    daemon.request_stop()
+    queue.put(IPV4_UNICAST, (0xFFFF00, 24), None)  # a shutdown's withdrawal
+    await queue.drained()
+    assert 0 < len(got) < 100
+    assert (IPV4_UNICAST, (0xFFFF00, 24), None) not in got
+    runner.cancel()
+
+
+async def test_a_failing_sink_loses_only_that_change(tmp_path: Path) -> None:
+    got: list[Prefix] = []
+
+    def sink(family: Family, prefix: Prefix, paths: object) -> None:
+        if prefix[0] == 2:
+            raise ValueError("refused")
+        got.append(prefix)
+
+    queue = SinkQueue(_daemon(tmp_path), sink)
+    runner = asyncio.create_task(queue.run())
+    for i in range(1, 4):
+        queue.put(IPV4_UNICAST, (i, 32), ())
+    await queue.drained()
+    assert got == [(1, 32), (3, 32)]
+    runner.cancel()
