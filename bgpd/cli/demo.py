@@ -27,7 +27,14 @@ from bgpd.demo.cluster import (
     expected_allowed,
     tool,
 )
-from bgpd.demo.lab import STATE_DIR, DemoError, DemoLab, demo_namespaces, down
+from bgpd.demo.lab import (
+    STATE_DIR,
+    DemoError,
+    DemoLab,
+    demo_namespaces,
+    down,
+    running_owner,
+)
 
 NEEDED = ("ip", "ping", "ss", "sysctl", "iptables-nft-restore", "ipset")
 STORE_PREFIX = "/routemesh/"
@@ -156,6 +163,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    other = running_owner()
+    if other is not None:
+        # Its namespaces have the same names as ours: one would tear down the other.
+        raise DemoError(
+            f"another routemesh demo (pid {other}) is running; wait for it to finish, "
+            "or remove it with `routemesh demo --down`"
+        )
     if STATE_DIR.exists() or demo_namespaces():
         _step("removing the previous demo")
         _tear_down()

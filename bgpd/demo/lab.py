@@ -74,6 +74,8 @@ class Record:
     # (an etcd it was given; a SQLite file goes with the state directory).
     store_url: str = ""
     clear_store: bool = False
+    # [pid, start time] of the `routemesh demo` that is building it, until it exits.
+    owner: list[int] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> Record:
@@ -107,7 +109,7 @@ class DemoLab:
 
     def __init__(self, state_dir: Path = STATE_DIR) -> None:
         self.state_dir = state_dir
-        self.record = Record()
+        self.record = Record(owner=[os.getpid(), _start_time(os.getpid()) or 0])
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / "logs").mkdir(exist_ok=True)
@@ -157,6 +159,14 @@ class DemoLab:
         self.procs[proc.pid] = proc
         self.save()
         return proc
+
+
+def running_owner(state_dir: Path = STATE_DIR) -> int | None:
+    """The pid of another `routemesh demo` still building or showing the recorded demo."""
+    owner = Record.load(state_dir / RECORD).owner
+    if len(owner) == 2 and owner[0] != os.getpid() and _ours(owner[0], owner[1]):
+        return owner[0]
+    return None
 
 
 def _ours(pid: int, started: int) -> bool:

@@ -7,10 +7,12 @@ ping matrix of the tenant-isolation policy, exit 0; then nothing left behind on 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,14 @@ EXPECTED = {
 }
 # Names other tests' labs create in the root namespace while we run (the machine is shared).
 OTHERS = re.compile(r"\brm-(?:probe-)?\d+-|\brm\d+v\d+\b")
+
+
+@pytest.fixture
+def demo_turn() -> Iterator[None]:
+    """The demo's names are fixed, so two test runs on one machine take turns."""
+    with open("/tmp/routemesh-demo-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _requirements() -> None:
@@ -161,7 +171,9 @@ def check_output(out: str) -> None:
     assert "The ping matrix matches the tenant-isolation policy" in out
 
 
-def test_demo_shows_sessions_routes_and_the_policy_matrix_then_leaves_nothing() -> None:
+def test_demo_shows_sessions_routes_and_the_policy_matrix_then_leaves_nothing(
+    demo_turn: None,
+) -> None:
     _requirements()
     before = snapshot()
     res = demo()
@@ -171,7 +183,7 @@ def test_demo_shows_sessions_routes_and_the_policy_matrix_then_leaves_nothing() 
     assert_nothing_left(before)
 
 
-def test_demo_keep_then_down_from_a_fresh_process() -> None:
+def test_demo_keep_then_down_from_a_fresh_process(demo_turn: None) -> None:
     _requirements()
     before = snapshot()
     try:
@@ -211,7 +223,7 @@ def test_demo_keep_then_down_from_a_fresh_process() -> None:
     assert demo("--down", timeout=60).returncode == 0
 
 
-def test_down_removes_a_demo_killed_half_way() -> None:
+def test_down_removes_a_demo_killed_half_way(demo_turn: None) -> None:
     _requirements()
     before = snapshot()
     proc = subprocess.Popen(
@@ -228,6 +240,9 @@ def test_down_removes_a_demo_killed_half_way() -> None:
             timeout=60,
             what="the demo to start its nodes",
         )
+        # A second demo meanwhile would tear this one down (same names): it is refused.
+        second = demo()
+        assert second.returncode == 1 and "another routemesh demo" in second.stderr
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -247,7 +262,7 @@ async def _keys(url: str) -> list[str]:
         await store.close()
 
 
-def test_demo_on_etcd_relays_it_into_the_namespaces_and_removes_its_keys() -> None:
+def test_demo_on_etcd_relays_it_into_the_namespaces_and_removes_its_keys(demo_turn: None) -> None:
     _requirements()
     require_binary("etcd")
     with EtcdServer() as etcd:  # on 127.0.0.1 of the host: unreachable from a namespace as is
