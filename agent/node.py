@@ -56,6 +56,7 @@ from bgpd.model.ipam import IPPool
 from bgpd.reflector.topology import PeerSpec, Topology, compute_topology
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST, Family
+from bgpd.standalone import SinkQueue, after_convergence
 from ipam import Ipam
 from ipam.gc import IpamGC
 
@@ -194,9 +195,11 @@ class NodeRunner:
         fib = manager_from_config(config.fib, on_reachability=self._on_reachability)
         assert fib is not None
         self.kernel = KernelRoutes(fib, forward=self._forward)
-        self.daemon = DynamicDaemon(
-            config, route_sink=self.kernel.sink, nexthop_reachable=self.kernel.reachable
-        )
+        self.daemon = DynamicDaemon(config, nexthop_reachable=self.kernel.reachable)
+        # Changes reach the kernel in slices, and none once a stop is asked for: the Cease
+        # at shutdown flushes every peer's paths, and persist must keep forwarding intact.
+        handoff = SinkQueue(self.daemon, self.kernel.sink)
+        self.daemon.route_sink = handoff.put
         self.kernel.reachability_changed = self.daemon.reachability_changed
         self.node_metrics = NodeMetrics(
             self.daemon,
@@ -217,7 +220,8 @@ class NodeRunner:
         self._forward_changed()
         spawn = asyncio.get_running_loop().create_task
         self._tasks = [
-            spawn(self._fib_converge(fib)),
+            spawn(handoff.run()),
+            spawn(after_convergence(self.daemon, fib, handoff, True)),
             spawn(self._keep_lease(lease)),
             spawn(self._watch(revision)),
             spawn(self._recompute_loop()),
@@ -446,11 +450,6 @@ class NodeRunner:
             log.error("vxlan.calico: %s", cond.message)
 
     # -- the loops ---------------------------------------------------------------------------
-
-    async def _fib_converge(self, fib: Any) -> None:
-        assert self.daemon is not None
-        await self.daemon.converged.wait()
-        fib.converged()
 
     async def _keep_lease(self, lease: int) -> None:
         while not self._stop.is_set():

@@ -43,7 +43,7 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
         kernel.reachability_changed = daemon.reachability_changed
     daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     tasks = [
-        asyncio.create_task(_after_convergence(daemon, fib, handoff, freeze_gc), name="converged")
+        asyncio.create_task(after_convergence(daemon, fib, handoff, freeze_gc), name="converged")
     ]
     if handoff is not None:
         tasks.append(asyncio.create_task(handoff.run(), name="fib-handoff"))
@@ -143,7 +143,7 @@ async def _start_fib(config: Config) -> tuple[FibManager | None, KernelRoutes | 
     return fib, kernel
 
 
-async def _after_convergence(
+async def after_convergence(
     daemon: Daemon, fib: FibManager | None, handoff: SinkQueue | None, freeze_gc: bool
 ) -> None:
     """Prune the FIB at initial convergence, then freeze what the initial load built."""

@@ -206,7 +206,11 @@ def test_node_churn_follows_without_resetting_other_sessions(lab: Lab) -> None:
         now = established_counts(name)
         assert {p: now[p] for p in counts} == counts, (name, counts, now)
     # host4 leaves: its node stops and its Node resource is deleted; the others drop it.
+    # A stopped node keeps its kernel routes (persist): forwarding survives a restart.
+    learned = route_of(cluster, "host4", cluster.status("host1")["blocks"][0])
+    assert learned is not None
     cluster.stop("host4")
+    assert route_of(cluster, "host4", learned["dst"]) == learned
     cluster.routemesh("delete", "node", "host4", "--datastore", str(cluster.datastore))
     for name in ("host1", "host2", "host3"):
         cluster.wait_peers(name, {ip for n, ip in ips.items() if n != name})
