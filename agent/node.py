@@ -590,6 +590,11 @@ class NodeRunner:
                 "in_sync": fib.in_sync,
             },
             "policy_synced": None if policy is None else policy.synced.is_set(),
+            # Policies that could not be rendered, and why: they are left out (or keep their
+            # last good version), never half-applied. Calico v3 has no policy status field.
+            "policy_problems": {}
+            if policy is None
+            else {k: v for dp in policy.dataplanes.values() for k, v in sorted(dp.status.items())},
         }
 
 

@@ -175,6 +175,8 @@ def format_node_status(status: dict[str, Any]) -> str:
         )
     if status.get("policy_synced") is not None:
         lines.append(f"Policy: {'synced' if status['policy_synced'] else 'not synced yet'}")
+    for name, problem in sorted((status.get("policy_problems") or {}).items()):
+        lines.append(f"  NOT APPLIED {name}: {problem}")
     return "\n".join(lines)
 
 

@@ -83,6 +83,34 @@ def _mesh_scenario(cluster: Cluster) -> None:
     status = cluster.status("host1")
     assert {r["state"] for r in status["bgp"]} == {"Established"}
     assert status["fib"]["in_sync"]
+    # A policy that cannot be rendered (a named port no endpoint exposes) is reported on the
+    # node's status, and the pods keep talking: nothing half-applied.
+    cluster.apply(GHOST_POLICY)
+    wait_for(
+        lambda: (
+            "named port tcp/ghost"
+            in cluster.status("host1")
+            .get("policy_problems", {})
+            .get("GlobalNetworkPolicy/ghost", "")
+        ),
+        timeout=30,
+        what="host1 to report the unrenderable policy",
+        describe=lambda: json.dumps(cluster.status("host1").get("policy_problems")),
+    )
+    cluster.wait_ping(pods["host1"], pods["host2"])
+
+
+GHOST_POLICY = """
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: ghost}
+spec:
+  selector: all()
+  ingress:
+  - action: Deny
+    protocol: TCP
+    destination: {ports: [ghost]}
+"""
 
 
 RR = """
