@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bgpd.speaker.context import CodecContext
+from bgpd.speaker.messages import encode_end_of_rib
+from bgpd.speaker.types import IPV4_UNICAST
 from tests.bench.harness import feeds
 from tests.bench.harness.speaker import Session, SessionFailed
 
@@ -76,7 +78,12 @@ async def run_ingest(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     nh = int(ipaddress.IPv4Address(args.next_hop or args.local))
     attrs = feeds.base_attributes(args.asn, ebgp=args.asn != args.peer_asn)
-    updates = feeds.feed(args.feed, ctx, args.prefixes, nh, attrs)
+    # End-of-RIB closes the initial feed, as every real speaker sends it; a DUT may hold its
+    # FIB writes until it sees one (our bgpd does, until its first convergence).
+    updates = [
+        *feeds.feed(args.feed, ctx, args.prefixes, nh, attrs),
+        encode_end_of_rib(IPV4_UNICAST),
+    ]
     announce = feeds.chunks(updates)
     withdraw = feeds.chunks(feeds.withdraw_updates(ctx, args.prefixes))
     emit(
@@ -138,7 +145,8 @@ async def run_rr(args: argparse.Namespace) -> int:
     locals_ = args.locals.split(",")
     nh = int(ipaddress.IPv4Address(args.next_hop or locals_[0]))
     attrs = feeds.base_attributes(args.asn, ebgp=False)
-    announce = feeds.chunks(feeds.feed(args.feed, ctx, args.prefixes, nh, attrs))
+    eor = encode_end_of_rib(IPV4_UNICAST)
+    announce = feeds.chunks([*feeds.feed(args.feed, ctx, args.prefixes, nh, attrs), eor])
     withdraw = feeds.chunks(feeds.withdraw_updates(ctx, args.prefixes))
     emit("ready", clients=len(locals_), bytes=feeds.total_bytes(announce))
     done = _Completion(len(locals_) - 1)
@@ -191,7 +199,9 @@ async def run_mesh(args: argparse.Namespace) -> int:
     attrs = feeds.base_attributes(args.asn, ebgp=False)
     m = args.prefixes
     announce = [
-        feeds.chunks(feeds.shared_updates(ctx, m, nh, attrs, first=i * m))
+        feeds.chunks(
+            [*feeds.shared_updates(ctx, m, nh, attrs, first=i * m), encode_end_of_rib(IPV4_UNICAST)]
+        )
         for i in range(len(locals_))
     ]
     withdraw = [
