@@ -49,7 +49,7 @@ def test_unique_attribute_feed_reaches_the_rib() -> None:
     _require_lab()
     res = ingest_run("bird", "unique", 1000, timeout=120)
     assert res.failures == []
-    assert res.info["feed"]["updates"] == 1000
+    assert res.info["feed"]["updates"] == 1000 + 1  # one UPDATE per prefix, then End-of-RIB
     assert res.metrics["rib_s"] > 0
 
 
