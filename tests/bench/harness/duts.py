@@ -489,9 +489,9 @@ class _OurDaemon(RoutemeshSpeaker):
 
     def config_text(self) -> str:
         text = super().config_text()
-        if self.dut.fib:
-            # The kernel writer (bgpd/fib) honours this key once the daemon has it.
-            text += "\n[fib]\nenabled = true\n"
+        # Explicit both ways: the FIB is on by default for a non-reflector bgpd, and a DUT
+        # measured without it must not write half a million kernel routes anyway.
+        text += f"\n[fib]\nenabled = {'true' if self.dut.fib else 'false'}\n"
         return text
 
 
