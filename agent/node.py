@@ -50,6 +50,7 @@ from bgpd.dynamic import DynamicDaemon
 from bgpd.fib.manager import manager_from_config
 from bgpd.fib.types import Prefix, Route
 from bgpd.kernel import KernelRoutes
+from bgpd.logs import LEVELS, set_level
 from bgpd.model import from_dict
 from bgpd.model.bgp import BGPConfiguration, BGPPeer, Node
 from bgpd.model.ipam import IPPool
@@ -94,6 +95,8 @@ class NodeOptions:
     policy: bool = True
     mtu_file: Path | None = None
     gc_interval: float = 60.0
+    # None: follow BGPConfiguration logSeverityScreen, as calico/node does.
+    log_level: str | None = None
     # Prometheus /metrics, /livez, /readyz (Felix's port); 0 turns them off.
     metrics_port: int = 9091
     metrics_address: str = "0.0.0.0"
@@ -297,6 +300,20 @@ class NodeRunner:
         # Any list returns the store revision; later reads may be newer, which only means the
         # watch replays a change we already saw (a harmless extra recompute), never a gap.
         configs, revision = await self.resources.list_with_revision(BGPConfiguration)
+        default = next((c for c in configs if c.name == "default"), None)
+        severity = (
+            default.spec.log_severity_screen if isinstance(default, BGPConfiguration) else None
+        )
+        if self.opts.log_level is None and severity and severity != self._severity:
+            self._severity = severity
+            # Say it at the level that is still (or already) shown.
+            message = "log level %s (BGPConfiguration logSeverityScreen)"
+            if LEVELS.get(severity.lower(), 0) > logging.getLogger().getEffectiveLevel():
+                log.info(message, severity)
+                set_level(severity)
+            else:
+                set_level(severity)
+                log.info(message, severity)
         self.view = ClusterView(
             config=next((c for c in configs if c.name == "default"), None),  # type: ignore[misc]
             nodes=[n for n in await self.resources.list(Node) if isinstance(n, Node)],
@@ -376,6 +393,7 @@ class NodeRunner:
         self.kernel.set_static(static)
 
     _originated_once = False
+    _severity: str | None = None
     _watched_revision = 0
 
     def _forward_changed(self) -> None:

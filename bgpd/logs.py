@@ -8,7 +8,12 @@ import sys
 import time
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-LEVELS |= {"error": logging.ERROR}
+LEVELS |= {"error": logging.ERROR, "trace": logging.DEBUG, "fatal": logging.CRITICAL}
+
+
+def set_level(level: str) -> None:
+    """Change the level of a running process (BGPConfiguration logSeverityScreen changed)."""
+    logging.getLogger().setLevel(LEVELS.get(level.lower(), logging.INFO))
 
 
 class JsonFormatter(logging.Formatter):

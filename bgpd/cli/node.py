@@ -41,7 +41,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--as", dest="asn", type=int, metavar="ASN", help="this node's AS number")
     q.add_argument("--datastore", help="etcd://…, sqlite:///path (default: see docs)")
     q.add_argument("--run-dir", default=str(RUN_DIR), help="control sockets live here")
-    q.add_argument("--log-level", default="info")
+    q.add_argument(
+        "--log-level",
+        help="debug, info, warning, error (default: BGPConfiguration logSeverityScreen, else info)",
+    )
     q.add_argument("--log-format", choices=("text", "json"), default="text")
     q.add_argument("--hold-time", type=int, default=90, help="BGP hold time, seconds")
     q.add_argument("--resync-interval", type=float, default=30.0, help="seconds")
@@ -109,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     from bgpd.datastore.url import DatastoreURLError, resolve_url
     from bgpd.logs import setup_logging
 
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level or "info", args.log_format)
     if not 0 <= args.metrics_port <= 65535:
         print(
             f"routemesh node run: --metrics-port {args.metrics_port}: not a port", file=sys.stderr
@@ -139,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         resync_interval=args.resync_interval,
         policy=not args.no_policy,
         mtu_file=Path(args.mtu_file) if args.mtu_file else None,
+        log_level=args.log_level,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
     )

@@ -117,7 +117,7 @@ RR = """
 apiVersion: projectcalico.org/v3
 kind: BGPConfiguration
 metadata: {name: default}
-spec: {nodeToNodeMeshEnabled: false, asNumber: 64512}
+spec: {nodeToNodeMeshEnabled: false, asNumber: 64512, logSeverityScreen: Warning}
 ---
 apiVersion: projectcalico.org/v3
 kind: Node
@@ -139,8 +139,10 @@ spec:
 def test_route_reflector_topology_sessions_go_only_to_the_reflector(lab: Lab) -> None:
     cluster = mesh_cluster(lab)
     cluster.apply(POOL.format(vxlan="Never") + "---" + RR)
-    for name in cluster.hosts:
+    for name in ("host1", "host2"):
         cluster.start(name)
+    # host3 has no --log-level: it follows logSeverityScreen, as calico/node does.
+    cluster.start("host3", log_level=None)
     rr, h2, h3 = (cluster.hosts[n].ip for n in ("host1", "host2", "host3"))
     cluster.wait_peers("host1", {h2, h3})
     cluster.wait_peers("host2", {rr})
@@ -157,6 +159,9 @@ def test_route_reflector_topology_sessions_go_only_to_the_reflector(lab: Lab) ->
     # host3 learned host2's block through the reflector, next hop untouched (host2 itself).
     (block2,) = cluster.status("host2")["blocks"]
     assert route_of(cluster, "host3", block2)["gateway"] == h2
+    log3 = cluster.log_text("host3")
+    assert "log level Warning (BGPConfiguration logSeverityScreen)" in log3
+    assert " INFO " not in log3.split("logSeverityScreen)", 1)[1]
     # Diagnostics for a bug report: the status, routes and the host's tables, in one tarball.
     out = cluster.tmp / "diags.tgz"
     cluster.routemesh(

@@ -111,7 +111,15 @@ class Cluster:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    def start(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Host:
+    def start(
+        self,
+        name: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        log_level: str | None = "debug",
+    ) -> Host:
+        """Run ``routemesh node run`` on host ``name``; ``log_level=None`` leaves the level to
+        BGPConfiguration logSeverityScreen."""
         host = self.hosts[name]
         host.log = self.tmp / f"node-{name}.log"
         argv = [
@@ -132,8 +140,7 @@ class Cluster:
             "5",
             "--mtu-file",
             str(self.tmp / f"mtu-{name}"),
-            "--log-level",
-            "debug",
+            *(["--log-level", log_level] if log_level else []),
             *extra,
         ]
         host.proc = host.ns.popen(argv, log=host.log, env=env)
