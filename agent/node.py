@@ -134,10 +134,21 @@ def resolve_password(ref: str | None, secrets_dir: Path) -> str | None:
         return None
 
 
-def neighbor_config(spec: PeerSpec, *, secrets_dir: Path, graceful_restart: bool) -> NeighborConfig:
-    """The daemon's neighbor for one computed session."""
+def neighbor_config(
+    spec: PeerSpec, *, secrets_dir: Path, graceful_restart: bool, local: str | None = None
+) -> NeighborConfig:
+    """The daemon's neighbor for one computed session.
+
+    Between two of our nodes only the lower address connects: nodes start together, and
+    simultaneous connects then rely on collision resolution, which has been seen to livelock
+    (both sides closing the other's connection) under load. One opener avoids the collision.
+    """
     family: Family = IPV6_UNICAST if ":" in spec.address else IPV4_UNICAST
+    passive = False
+    if spec.node is not None and local is not None and (":" in local) == (":" in spec.address):
+        passive = ipaddress.ip_address(local) > ipaddress.ip_address(spec.address)
     return NeighborConfig(
+        passive=passive,
         address=spec.address,
         remote_asn=spec.remote_asn,
         families=frozenset({family}),
@@ -362,7 +373,12 @@ class NodeRunner:
 
     def _neighbors(self, topo: Topology) -> list[NeighborConfig]:
         return [
-            neighbor_config(p, secrets_dir=self.opts.secrets_dir, graceful_restart=True)
+            neighbor_config(
+                p,
+                secrets_dir=self.opts.secrets_dir,
+                graceful_restart=True,
+                local=topo.ipv6_address if ":" in p.address else topo.ipv4_address,
+            )
             for p in topo.peers
         ]
 
