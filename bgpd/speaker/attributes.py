@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 from bgpd.speaker.context import CodecContext
@@ -90,6 +90,11 @@ class PathAttributes:
     ext_communities: tuple[bytes, ...] = ()
     large_communities: tuple[tuple[int, int, int], ...] = ()
     unknown: tuple[tuple[int, int, bytes], ...] = ()
+    # asns() computed once per object (and handed on to the MED variants the decoder makes);
+    # not part of equality, hash or repr.
+    _asns: tuple[int, ...] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def as_path_length(self) -> int:
         """RFC 4271 §9.1.2.2 a: an AS_SET counts 1, confederation segments count 0."""
@@ -105,7 +110,39 @@ class PathAttributes:
 
     def asns(self) -> tuple[int, ...]:
         """Every ASN on the path in order, for loop detection."""
-        return tuple(a for _, seg in self.as_path for a in seg)
+        got = self._asns
+        if got is None:
+            got = tuple(a for _, seg in self.as_path for a in seg)
+            object.__setattr__(self, "_asns", got)
+        return got
+
+
+EMPTY_ATTRIBUTES = PathAttributes()
+# Field order of PathAttributes' constructor; the decoder fills a list in this order.
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PathAttributes) if f.init)
+_DEFAULTS: tuple[object, ...] = tuple(getattr(EMPTY_ATTRIBUTES, f) for f in _FIELDS)
+_SLOT: dict[str, int] = {f: i for i, f in enumerate(_FIELDS)}
+
+
+def _vary(t: PathAttributes, med: int | None, local_pref: int | None) -> PathAttributes:
+    """t with another MED/LOCAL_PREF, built positionally (replace() walks fields(): 2x slower)."""
+    new = PathAttributes(
+        t.origin,
+        t.as_path,
+        t.next_hop,
+        med,
+        local_pref,
+        t.atomic_aggregate,
+        t.aggregator,
+        t.communities,
+        t.originator_id,
+        t.cluster_list,
+        t.ext_communities,
+        t.large_communities,
+        t.unknown,
+    )
+    object.__setattr__(new, "_asns", t._asns)
+    return new
 
 
 def _path_count(path: AsPath) -> int:
@@ -472,36 +509,34 @@ def merge_as4_path(as_path: AsPath, as4_path: AsPath) -> AsPath:
 
 
 class AttrCache:
-    """Interns PathAttributes by their raw bytes (MP attributes excluded) for one session.
+    """Interns PathAttributes for one session by their raw bytes (MP attributes excluded).
 
-    Routes that arrive with identical attributes then share one object, which saves memory and
-    lets the RIB compare attribute sets by identity first. Cleared wholesale when full.
+    The key leaves out the value of the first 4-octet MED and LOCAL_PREF: feeds that give
+    every prefix its own MED (one UPDATE per prefix) then decode the rest of the set once, and
+    each UPDATE pays only for its MED. An entry holds the set decoded first (the template), the
+    attribute types it had, and the last variant made from it, so that UPDATEs with identical
+    bytes share one object and the RIB can compare attribute sets by identity first.
+    Cleared wholesale when full.
     """
 
     def __init__(self, maxsize: int = 65536) -> None:
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
-        self._entries: dict[tuple[bool, bytes], tuple[PathAttributes, frozenset[int]]] = {}
+        # One table per AS-number size: the same bytes mean different paths under asn4 or not.
+        self._tables: tuple[dict[bytes, list], dict[bytes, list]] = ({}, {})
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._tables[0]) + len(self._tables[1])
 
     def clear(self) -> None:
-        self._entries.clear()
+        for table in self._tables:
+            table.clear()
 
-    def get(self, key: tuple[bool, bytes]) -> tuple[PathAttributes, frozenset[int]] | None:
-        hit = self._entries.get(key)
-        if hit is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return hit
-
-    def put(self, key: tuple[bool, bytes], value: tuple[PathAttributes, frozenset[int]]) -> None:
-        if len(self._entries) >= self.maxsize:
-            self._entries.clear()
-        self._entries[key] = value
+    def _put(self, table: dict[bytes, list], key: bytes, entry: list) -> None:
+        if len(table) >= self.maxsize:
+            table.clear()
+        table[key] = entry
 
 
 def _reset(subcode: int, reason: str, data: bytes = b"") -> NotificationError:
@@ -536,25 +571,44 @@ def decode_attributes(
     Session-reset errors raise NotificationError; weaker outcomes come back in `action`.
     Offsets in diagnostics are relative to the start of the attribute field.
     """
-    buf = bytes(data)
+    return AttributeBlock(*decode_attribute_field(bytes(data), ctx, ipv4_nlri, cache))
+
+
+Entry = tuple[int, int, int, int, int]  # flags, type, header offset, value start, value end
+
+
+def decode_attribute_field(
+    buf: bytes, ctx: CodecContext, ipv4_nlri: bool, cache: AttrCache | None
+) -> tuple[PathAttributes, MpReach | None, MpUnreach | None, str, tuple[str, ...]]:
+    """decode_attributes as a plain tuple (attrs, mp_reach, mp_unreach, action, diagnostics):
+    the UPDATE hot path, without building an AttributeBlock."""
     end = len(buf)
     st = _State()
-    # Pass 1: split into (flags, type, header offset, value start, value end).
-    entries: list[tuple[int, int, int, int, int]] = []
+    # Pass 1: split into entries; note the MP attributes and where the MED/LOCAL_PREF values
+    # sit (the cache key leaves those out).
+    entries: list[Entry] = []
+    append = entries.append
+    mp_entries: list[Entry] | None = None
+    med_at = lp_at = -1
     overrun = False
     i = 0
     while i < end:
-        if i + 3 > end or (buf[i] & FLAG_EXTENDED_LENGTH and i + 4 > end):
-            st.fail(ACTION_WITHDRAW, f"attribute header truncated at offset {i} (RFC 7606 §4)")
-            overrun = True
-            break
-        flags, atype = buf[i], buf[i + 1]
+        flags = buf[i]
         if flags & FLAG_EXTENDED_LENGTH:
             vstart = i + 4
+            if vstart > end:
+                st.fail(ACTION_WITHDRAW, f"attribute header truncated at offset {i} (RFC 7606 §4)")
+                overrun = True
+                break
             alen = (buf[i + 2] << 8) | buf[i + 3]
         else:
             vstart = i + 3
+            if vstart > end:
+                st.fail(ACTION_WITHDRAW, f"attribute header truncated at offset {i} (RFC 7606 §4)")
+                overrun = True
+                break
             alen = buf[i + 2]
+        atype = buf[i + 1]
         vend = vstart + alen
         if vend > end:
             st.fail(
@@ -564,86 +618,158 @@ def decode_attributes(
             )
             overrun = True
             break
-        entries.append((flags, atype, i, vstart, vend))
+        entry = (flags, atype, i, vstart, vend)
+        if atype == ATTR_MED:
+            if alen == 4 and med_at < 0:
+                med_at = vstart
+        elif atype == ATTR_LOCAL_PREF:
+            if alen == 4 and lp_at < 0:
+                lp_at = vstart
+        elif atype in _MP_TYPES:
+            if mp_entries is None:
+                mp_entries = []
+            mp_entries.append(entry)
+            i = vend
+            continue
+        append(entry)
         i = vend
 
-    mp_seen = [e for e in entries if e[1] in _MP_TYPES]
-    for t in _MP_TYPES:
-        hits = [e for e in mp_seen if e[1] == t]
-        if len(hits) > 1:
-            raise _reset(
-                MALFORMED_ATTRIBUTE_LIST,
-                f"{attribute_name(t)} repeated at offset {hits[1][2]} (RFC 7606 §3 g)",
-            )
+    if mp_entries is not None and len(mp_entries) > 1:
+        for t in _MP_TYPES:
+            hits = [e for e in mp_entries if e[1] == t]
+            if len(hits) > 1:
+                raise _reset(
+                    MALFORMED_ATTRIBUTE_LIST,
+                    f"{attribute_name(t)} repeated at offset {hits[1][2]} (RFC 7606 §3 g)",
+                )
 
     attrs: PathAttributes | None = None
     seen: frozenset[int] = frozenset()
-    key: tuple[bool, bytes] | None = None
+    table: dict[bytes, list] | None = None
+    key = b""
     if cache is not None and not overrun:
-        raw = (
-            buf
-            if not mp_seen
-            else b"".join(buf[e[2] : e[4]] for e in entries if e[1] not in _MP_TYPES)
-        )
-        key = (ctx.asn4, raw)
-        hit = cache.get(key)
-        if hit is not None:
-            attrs, seen = hit
+        table = cache._tables[ctx.asn4]
+        key = _cache_key(buf, entries, mp_entries is not None, med_at, lp_at)
+        hit = table.get(key)
+        if hit is None:
+            cache.misses += 1
+        else:
+            cache.hits += 1
+            attrs, seen, last = hit
+            med = attrs.med if med_at < 0 else int.from_bytes(buf[med_at : med_at + 4], "big")
+            lp = attrs.local_pref if lp_at < 0 else int.from_bytes(buf[lp_at : lp_at + 4], "big")
+            if attrs.med != med or attrs.local_pref != lp:
+                if last.med == med and last.local_pref == lp:
+                    attrs = last
+                else:
+                    attrs = hit[2] = _vary(attrs, med, lp)
+
+    if attrs is None:
+        attrs, seen = _decode_entries(buf, entries, ctx, st)
+        if table is not None and st.action == ACTION_NONE:
+            attrs.asns()  # once here, shared by every MED variant of this set
+            cache._put(table, key, [attrs, seen, attrs])  # type: ignore[union-attr]
 
     mp_reach: MpReach | None = None
     mp_unreach: MpUnreach | None = None
-    if attrs is None:
-        fields: dict[str, object] = {}
-        unknown: list[tuple[int, int, bytes]] = []
-        as4_path: AsPath | None = None
-        as4_aggr: tuple[int, int] | None = None
-        seen_set: set[int] = set()
-        for flags, atype, off, vstart, vend in entries:
-            if atype in _MP_TYPES:
-                continue
-            name = attribute_name(atype)
-            if atype in seen_set:
-                # RFC 7606 §3 g: keep the first, drop the rest, carry on.
-                st.fail(ACTION_DISCARD, f"duplicate {name} at offset {off} discarded")
-                continue
-            seen_set.add(atype)
-            spec = ATTRIBUTE_TABLE.get(atype)
-            value = buf[vstart:vend]
-            if spec is None:
-                if not flags & FLAG_OPTIONAL:
-                    raise _reset(
-                        UNRECOGNIZED_WELLKNOWN_ATTRIBUTE,
-                        f"unrecognized well-known attribute {atype} at offset {off}",
-                        buf[off:vend],
-                    )
-                if flags & FLAG_TRANSITIVE:
-                    unknown.append((flags & (OPTIONAL_TRANSITIVE | FLAG_PARTIAL), atype, value))
-                continue  # unknown optional non-transitive: quietly dropped (RFC 4271 §5)
-            if flags & OPTIONAL_TRANSITIVE != spec.flags:
-                # RFC 7606 §3 c: conflicting Optional/Transitive bits make the attribute malformed.
-                st.fail(spec.action, f"{name} at offset {off}: flags 0x{flags:02x} conflict")
-                continue
-            try:
-                decoded = spec.decode(value, ctx)
-            except _Malformed as exc:
-                st.fail(spec.action, f"{name} at offset {off}: {exc.reason}")
-                continue
-            if atype == ATTR_AS4_PATH:
-                as4_path = decoded  # type: ignore[assignment]
-            elif atype == ATTR_AS4_AGGREGATOR:
-                as4_aggr = decoded  # type: ignore[assignment]
-            else:
-                fields[spec.field] = decoded  # type: ignore[index]
-        if as4_path is not None or as4_aggr is not None:
-            _apply_as4(fields, as4_path, as4_aggr, ctx, st)
-        if unknown:
-            fields["unknown"] = tuple(unknown)
-        attrs = PathAttributes(**fields)  # type: ignore[arg-type]
-        seen = frozenset(seen_set)
-        if key is not None and st.action == ACTION_NONE and cache is not None:
-            cache.put(key, (attrs, seen))
+    if mp_entries is not None:
+        mp_reach, mp_unreach = _decode_mp(buf, mp_entries, ctx, st)
 
-    for flags, atype, off, vstart, vend in mp_seen:
+    if overrun and not ipv4_nlri and mp_entries is None:
+        # RFC 7606 §3 j and §5: treat-as-withdraw needs the NLRI located; with a broken list and
+        # no NLRI we cannot know what an unparsed MP_REACH would have carried.
+        raise _reset(MALFORMED_ATTRIBUTE_LIST, "; ".join(st.diags) or "attribute list overrun")
+    if not overrun and (ipv4_nlri or (mp_reach is not None and mp_reach[2])):
+        # RFC 7606 §3 d: a missing well-known attribute is treat-as-withdraw, not a reset.
+        if ATTR_ORIGIN not in seen:
+            st.fail(ACTION_WITHDRAW, "missing well-known ORIGIN")
+        if ATTR_AS_PATH not in seen:
+            st.fail(ACTION_WITHDRAW, "missing well-known AS_PATH")
+        if ipv4_nlri and ATTR_NEXT_HOP not in seen:
+            st.fail(ACTION_WITHDRAW, "missing well-known NEXT_HOP")
+    return attrs, mp_reach, mp_unreach, st.action, tuple(st.diags) if st.diags else ()
+
+
+def _cache_key(buf: bytes, entries: list[Entry], has_mp: bool, med_at: int, lp_at: int) -> bytes:
+    """The non-MP attribute bytes without the 4-octet MED and LOCAL_PREF values.
+
+    Unambiguous: the headers stay, and which values are missing follows from them (the first
+    MED and the first LOCAL_PREF whose length field says 4), so equal keys mean the attribute
+    fields differ in those values only.
+    """
+    if not has_mp:
+        if lp_at < 0:
+            return buf if med_at < 0 else buf[:med_at] + buf[med_at + 4 :]
+        if med_at < 0:
+            return buf[:lp_at] + buf[lp_at + 4 :]
+    cut = (med_at, lp_at)
+    parts = []
+    for _, _, off, vstart, vend in entries:
+        parts.append(buf[off:vstart] if vstart in cut else buf[off:vend])
+    return b"".join(parts)
+
+
+def _decode_entries(
+    buf: bytes, entries: list[Entry], ctx: CodecContext, st: _State
+) -> tuple[PathAttributes, frozenset[int]]:
+    """The non-MP attributes into a PathAttributes; RFC 7606 outcomes go to st."""
+    vals = list(_DEFAULTS)
+    unknown: list[tuple[int, int, bytes]] = []
+    as4_path: AsPath | None = None
+    as4_aggr: tuple[int, int] | None = None
+    have_as_path = False
+    seen_set: set[int] = set()
+    for flags, atype, off, vstart, vend in entries:
+        if atype in seen_set:
+            # RFC 7606 §3 g: keep the first, drop the rest, carry on.
+            st.fail(ACTION_DISCARD, f"duplicate {attribute_name(atype)} at offset {off} discarded")
+            continue
+        seen_set.add(atype)
+        spec = ATTRIBUTE_TABLE.get(atype)
+        value = buf[vstart:vend]
+        if spec is None:
+            if not flags & FLAG_OPTIONAL:
+                raise _reset(
+                    UNRECOGNIZED_WELLKNOWN_ATTRIBUTE,
+                    f"unrecognized well-known attribute {atype} at offset {off}",
+                    buf[off:vend],
+                )
+            if flags & FLAG_TRANSITIVE:
+                unknown.append((flags & (OPTIONAL_TRANSITIVE | FLAG_PARTIAL), atype, value))
+            continue  # unknown optional non-transitive: quietly dropped (RFC 4271 §5)
+        if flags & OPTIONAL_TRANSITIVE != spec.flags:
+            # RFC 7606 §3 c: conflicting Optional/Transitive bits make the attribute malformed.
+            st.fail(spec.action, f"{spec.name} at offset {off}: flags 0x{flags:02x} conflict")
+            continue
+        try:
+            decoded = spec.decode(value, ctx)
+        except _Malformed as exc:
+            st.fail(spec.action, f"{spec.name} at offset {off}: {exc.reason}")
+            continue
+        if atype == ATTR_AS4_PATH:
+            as4_path = decoded  # type: ignore[assignment]
+        elif atype == ATTR_AS4_AGGREGATOR:
+            as4_aggr = decoded  # type: ignore[assignment]
+        else:
+            vals[_SLOT[spec.field]] = decoded  # type: ignore[index]
+            if atype == ATTR_AS_PATH:
+                have_as_path = True
+    if as4_path is not None or as4_aggr is not None:
+        _apply_as4(vals, as4_path, as4_aggr, ctx, st, have_as_path)
+    if unknown:
+        vals[_SLOT["unknown"]] = tuple(unknown)
+    attrs = PathAttributes(*vals)  # type: ignore[arg-type]
+    if attrs == EMPTY_ATTRIBUTES:
+        attrs = EMPTY_ATTRIBUTES  # one object, so UPDATE decoding can test by identity
+    return attrs, frozenset(seen_set)
+
+
+def _decode_mp(
+    buf: bytes, mp_entries: list[Entry], ctx: CodecContext, st: _State
+) -> tuple[MpReach | None, MpUnreach | None]:
+    mp_reach: MpReach | None = None
+    mp_unreach: MpUnreach | None = None
+    for flags, atype, off, vstart, vend in mp_entries:
         spec = ATTRIBUTE_TABLE[atype]
         if flags & OPTIONAL_TRANSITIVE != spec.flags:
             raise _reset(
@@ -668,42 +794,33 @@ def decode_attributes(
             mp_reach = decoded  # type: ignore[assignment]
         else:
             mp_unreach = decoded  # type: ignore[assignment]
+    return mp_reach, mp_unreach
 
-    has_nlri = ipv4_nlri or bool(mp_reach and mp_reach[2])
-    if overrun and not ipv4_nlri and not mp_seen:
-        # RFC 7606 §3 j and §5: treat-as-withdraw needs the NLRI located; with a broken list and
-        # no NLRI we cannot know what an unparsed MP_REACH would have carried.
-        raise _reset(MALFORMED_ATTRIBUTE_LIST, "; ".join(st.diags) or "attribute list overrun")
-    if has_nlri and not overrun:
-        required = [ATTR_ORIGIN, ATTR_AS_PATH]
-        if ipv4_nlri:
-            required.append(ATTR_NEXT_HOP)
-        for t in required:
-            if t not in seen:
-                # RFC 7606 §3 d: treat-as-withdraw instead of the RFC 4271 reset.
-                st.fail(ACTION_WITHDRAW, f"missing well-known {attribute_name(t)}")
-    return AttributeBlock(attrs, mp_reach, mp_unreach, st.action, tuple(st.diags))
+
+_AS_PATH_SLOT = _SLOT["as_path"]
+_AGGREGATOR_SLOT = _SLOT["aggregator"]
 
 
 def _apply_as4(
-    fields: dict[str, object],
+    vals: list[object],
     as4_path: AsPath | None,
     as4_aggr: tuple[int, int] | None,
     ctx: CodecContext,
     st: _State,
+    have_as_path: bool,
 ) -> None:
     if ctx.asn4:
         # RFC 6793 §4.1: a NEW speaker ignores AS4_* from another NEW speaker.
         st.fail(ACTION_DISCARD, "AS4_PATH/AS4_AGGREGATOR from a 4-octet peer discarded")
         return
-    aggr = fields.get("aggregator")
+    aggr = vals[_AGGREGATOR_SLOT]
     if aggr is not None and aggr[0] != AS_TRANS:  # type: ignore[index]
         # §4.2.3: the AGGREGATOR came from a NEW speaker, so AS4_* are stale: ignore both.
         return
     if as4_aggr is not None and aggr is not None:
-        fields["aggregator"] = as4_aggr
-    if as4_path is not None and "as_path" in fields:
-        fields["as_path"] = merge_as4_path(fields["as_path"], as4_path)  # type: ignore[arg-type]
+        vals[_AGGREGATOR_SLOT] = as4_aggr
+    if as4_path is not None and have_as_path:
+        vals[_AS_PATH_SLOT] = merge_as4_path(vals[_AS_PATH_SLOT], as4_path)  # type: ignore[arg-type]
 
 
 # --- the encoder --------------------------------------------------------------------------------

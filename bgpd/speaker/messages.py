@@ -10,10 +10,11 @@ from bgpd.speaker.attributes import (
     AS_TRANS,
     ATTR_MP_REACH_NLRI,
     ATTR_MP_UNREACH_NLRI,
+    EMPTY_ATTRIBUTES,
     FLAG_OPTIONAL,
     AttrCache,
     PathAttributes,
-    decode_attributes,
+    decode_attribute_field,
     encode_attribute,
     encode_attributes,
     encode_attributes_around,
@@ -297,24 +298,24 @@ def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None
     nlri = decode_prefixes(body[astart + alen :], AFI_IPV4, v4_addpath) if astart + alen < n else []
     if not alen and not nlri:
         return upd
-    block = decode_attributes(body[astart : astart + alen], ctx, ipv4_nlri=bool(nlri), cache=cache)
-    attrs = block.attrs
-    upd.diagnostics = block.diagnostics
-    if attrs != _EMPTY_ATTRS:
+    attrs, mp_reach, mp_unreach, action, upd.diagnostics = decode_attribute_field(
+        body[astart : astart + alen], ctx, bool(nlri), cache
+    )
+    if attrs is not EMPTY_ATTRIBUTES:
         upd.attrs = attrs
     if nlri:
         upd.announce[IPV4_UNICAST] = nlri
         if attrs.next_hop is not None:
             upd.next_hop[IPV4_UNICAST] = (attrs.next_hop,)
-    if block.mp_reach is not None:
-        fam, hops, mp_nlri = block.mp_reach
+    if mp_reach is not None:
+        fam, hops, mp_nlri = mp_reach
         if mp_nlri:
             upd.announce.setdefault(fam, []).extend(mp_nlri)
             upd.next_hop[fam] = hops
-    if block.mp_unreach is not None:
-        fam, mp_w = block.mp_unreach
+    if mp_unreach is not None:
+        fam, mp_w = mp_unreach
         upd.withdraw.setdefault(fam, []).extend(mp_w)
-    if block.action == ACTION_WITHDRAW:
+    if action == ACTION_WITHDRAW:
         upd.treat_as_withdraw = True
         for fam, items in upd.announce.items():
             upd.withdraw.setdefault(fam, []).extend(items)
@@ -323,7 +324,7 @@ def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None
     return upd
 
 
-_EMPTY_ATTRS = PathAttributes()
+_EMPTY_ATTRS = EMPTY_ATTRIBUTES
 
 
 def decode_notification(body: bytes) -> Notification:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -354,13 +355,7 @@ def test_packed_updates_roundtrip(fam, addpath, extended, data):
         upd = decode_message(mtype, body, rx)
         assert not upd.treat_as_withdraw
         assert upd.next_hop[fam] == nh
-        expect_attrs = (
-            attrs
-            if afi == 2
-            else PathAttributes(
-                **{**{f: getattr(attrs, f) for f in attrs.__slots__}, "next_hop": nh[0]}
-            )
-        )
+        expect_attrs = attrs if afi == 2 else replace(attrs, next_hop=nh[0])
         assert upd.attrs == expect_attrs
         got.extend(upd.announce[fam])
     assert got == nlri
