@@ -96,6 +96,19 @@ class _Area:
         return self._add(Histogram, "histogram", name, doc, labels or [], buckets=LATENCY_BUCKETS)
 
 
+class _BatchedCounter(Counter):
+    """A labelled counter whose owner keeps increments in plain ints and adds them up just before
+    each collection (`before_collect`): a labels() lookup and a locked inc() per UPDATE were 12%
+    of the CPU of a one-prefix-per-UPDATE feed."""
+
+    before_collect: Callable[[], None] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.before_collect is not None:
+            self.before_collect()
+        return super().collect()
+
+
 def _family_name(family: Any) -> str:
     """Accept a speaker `Family` or its text name ('ipv4-unicast')."""
     return family if isinstance(family, str) else family.name
@@ -124,16 +137,25 @@ class BgpMetrics(_Area):
         self.messages_sent = self._counter(
             "bgp_messages_sent", "BGP messages sent, by message type.", ["peer", "type"]
         )
-        self.prefix_updates_received = self._counter(
+        self.prefix_updates_received: _BatchedCounter = self._add(
+            _BatchedCounter,
+            "counter",
             "bgp_prefix_updates_received",
             "Prefixes announced or withdrawn in UPDATEs received (type announce|withdraw).",
             ["peer", "family", "type"],
         )
-        self.prefix_updates_sent = self._counter(
+        self.prefix_updates_sent: _BatchedCounter = self._add(
+            _BatchedCounter,
+            "counter",
             "bgp_prefix_updates_sent",
             "Prefixes announced or withdrawn in UPDATEs sent (type announce|withdraw).",
             ["peer", "family", "type"],
         )
+        self.prefix_updates_received.before_collect = self.flush_prefix_updates
+        self.prefix_updates_sent.before_collect = self.flush_prefix_updates
+        # (direction, peer, family) -> [announced, withdrawn, announce child, withdraw child]:
+        # the children are bound once per peer and family, the counts added at collection.
+        self._pending: dict[tuple[str, str, Any], list[Any]] = {}
         self.prefixes_received = self._gauge(
             "bgp_prefixes_received",
             "Prefixes currently held from the peer, accepted or not.",
@@ -246,16 +268,29 @@ class BgpMetrics(_Area):
         self, peer: str, direction: str, family: Any, announced: int, withdrawn: int
     ) -> None:
         """An UPDATE (or a batch of them) announced and withdrew this many prefixes."""
+        if direction not in ("in", "out"):
+            raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
+        row = self._pending.get((direction, peer, family)) or self._bind(direction, peer, family)
+        row[0] += announced
+        row[1] += withdrawn
+
+    def _bind(self, direction: str, peer: str, family: Any) -> list[Any]:
         fam = _family_name(family)
         self._families.setdefault(peer, set()).add(fam)
-        if direction == "in":
-            metric = self.prefix_updates_received
-        elif direction == "out":
-            metric = self.prefix_updates_sent
-        else:
-            raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
-        metric.labels(peer, fam, "announce").inc(announced)
-        metric.labels(peer, fam, "withdraw").inc(withdrawn)
+        metric = self.prefix_updates_received if direction == "in" else self.prefix_updates_sent
+        row = [0, 0, metric.labels(peer, fam, "announce"), metric.labels(peer, fam, "withdraw")]
+        self._pending[(direction, peer, family)] = row
+        return row
+
+    def flush_prefix_updates(self) -> None:
+        """Add the prefix counts held since the last collection to their counters."""
+        for row in self._pending.values():
+            if row[0]:
+                row[2].inc(row[0])
+                row[0] = 0
+            if row[1]:
+                row[3].inc(row[1])
+                row[1] = 0
 
     def set_prefixes(
         self, peer: str, family: Any, received: int, accepted: int, advertised: int
@@ -268,7 +303,17 @@ class BgpMetrics(_Area):
 
     def on_event(self, peer: str, event: Event) -> None:
         """Feed one speaker event (what `PeerDriver` hands its owner); others are ignored."""
-        if isinstance(event, StateChanged):
+        if isinstance(event, UpdateReceived):
+            # The hot path: plain int additions on rows bound once per peer and family.
+            update = event.update
+            pending = self._pending
+            for fam, nlri in update.announce.items():
+                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                row[0] += len(nlri)
+            for fam, nlri in update.withdraw.items():
+                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                row[1] += len(nlri)
+        elif isinstance(event, StateChanged):
             self.on_state(peer, event.new)
         elif isinstance(event, SessionEstablished):
             # The StateChanged before it already moved the state gauge; this counts it once.
@@ -281,17 +326,6 @@ class BgpMetrics(_Area):
                 sent=event.sent,
                 hold_timer_expired=event.hold_timer_expired,
             )
-        elif isinstance(event, UpdateReceived):
-            update = event.update
-            fams = set(update.announce) | set(update.withdraw)
-            for fam in fams:
-                self.on_prefix_updates(
-                    peer,
-                    "in",
-                    fam,
-                    len(update.announce.get(fam, ())),
-                    len(update.withdraw.get(fam, ())),
-                )
 
     def observe_session(self, peer: str, session: Any) -> None:
         """Copy a `bgpd.speaker.fsm.Session`'s cumulative message counters into the counters.
@@ -333,6 +367,9 @@ class BgpMetrics(_Area):
             for kind in ("announce", "withdraw"):
                 _remove(self.prefix_updates_received, peer, fam, kind)
                 _remove(self.prefix_updates_sent, peer, fam, kind)
+        # Their bound children are gone from the counters: forget them and their counts.
+        for key in [k for k in self._pending if k[1] == peer]:
+            del self._pending[key]
         for kind in self._notif_types.pop(peer, set()):
             _remove(self.last_notification_code, peer, kind)
             _remove(self.last_notification_subcode, peer, kind)

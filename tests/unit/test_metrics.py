@@ -137,6 +137,26 @@ def test_prefix_updates_and_counts_by_family():
     assert m.value("routemesh_bgp_prefixes_advertised", labels) == 0
 
 
+def test_prefix_update_counts_stay_exact_across_scrapes():
+    # Counts are held between scrapes and added at each one: never lost, never added twice.
+    m = Metrics(areas=("bgp",))
+    one = UpdateReceived(Update(announce={IPV4_UNICAST: [(0x64400000, 29, 0)]}))
+    labels = {"peer": PEER, "family": "ipv4-unicast", "type": "announce"}
+    for _ in range(1000):
+        m.bgp.on_event(PEER, one)
+    assert m.value("routemesh_bgp_prefix_updates_received_total", labels) == 1000
+    assert m.value("routemesh_bgp_prefix_updates_received_total", labels) == 1000
+    for _ in range(500):
+        m.bgp.on_event(PEER, one)
+    assert f'{labels["type"]}"}} 1500.0' in m.render().decode()
+    m.bgp.on_event(PEER, one)
+    m.bgp.remove_peer(PEER)
+    assert m.value("routemesh_bgp_prefix_updates_received_total", labels) is None
+    # A peer configured again starts from zero, on fresh series.
+    m.bgp.on_event(PEER, one)
+    assert m.value("routemesh_bgp_prefix_updates_received_total", labels) == 1
+
+
 def test_observe_session_turns_fsm_totals_into_monotonic_counters():
     m = Metrics(areas=("bgp",))
     s = Session(SessionConfig(local_asn=64512, router_id=1, remote_asn=64512))
