@@ -54,7 +54,7 @@ from bgpd.speaker.messages import (
     Update,
     encode_end_of_rib,
 )
-from bgpd.speaker.rib import AttrInterner, Destination, LocRib, Source
+from bgpd.speaker.rib import AttrInterner, Entry, LocRib, Source
 from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.ribview import route_rows
 from bgpd.speaker.transport import Listener, PeerDriver, PeerEndpoint
@@ -105,7 +105,7 @@ class Daemon:
         )
         if nexthop_reachable is not None:
             self.decision = replace(self.decision, nexthop_reachable=nexthop_reachable)
-        self.loc_rib = LocRib(make_decider(self.decision))
+        self.loc_rib = LocRib(make_decider(self.decision), nexthop_reachable)
         self.interner = AttrInterner()
         self.converged = asyncio.Event()
         # RFC 4724 restarting speaker: with GR configured we hold our updates (and the FIB's
@@ -398,11 +398,12 @@ class Daemon:
 
     def _flush_peer(self, peer: Peer, fam: Family, *, only_stale: bool = False) -> int:
         table = peer.rib_in.table(fam)
-        gone = [k for k, p in table.items() if p.stale or not only_stale]
+        gone = [(k, p.path_id) for k, p in table.items() if p.stale or not only_stale]
         key = peer.config.address
-        for nlri in gone:
-            del table[nlri]
-            self.loc_rib.withdraw(fam, (nlri[0], nlri[1]), key, nlri[2])
+        withdraw = self.loc_rib.withdraw
+        for k, path_id in gone:
+            del table[k]
+            withdraw(fam, k if len(k) == 2 else (k[0], k[1]), key, path_id)
         if not only_stale:
             peer.rib_in.rejected.pop(fam, None)
         self._work.set()
@@ -421,12 +422,15 @@ class Daemon:
         for diag in update.diagnostics:
             log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
         rib_in, loc = peer.rib_in, self.loc_rib
+        # Adj-RIB-In keys: the prefix itself without ADD-PATH, so that the Loc-RIB can hold
+        # the very same key object; the (addr, len, path id) NLRI with it (see AdjRibIn).
         for fam, nlri in update.withdraw.items():
             table = rib_in.table(fam)
             rejected = rib_in.rejected.get(fam)
             for key in nlri:
-                if table.pop(key, None) is not None:
-                    loc.withdraw(fam, (key[0], key[1]), addr, key[2])
+                k = key if key[2] else (key[0], key[1])
+                if table.pop(k, None) is not None:
+                    loc.withdraw(fam, (key[0], key[1]) if key[2] else k, addr, key[2])
                 elif rejected:
                     rejected.discard(key)
         eor = update.end_of_rib()
@@ -452,24 +456,37 @@ class Daemon:
             table = rib_in.table(fam)
             rejected = rib_in.rejected.setdefault(fam, set())
             nh = update.next_hop.get(fam, ())
+            batch: list[tuple[Prefix, RibPath]] = []
+            if shared is not None:
+                # Every prefix takes the same attributes: the common case, kept tight.
+                for key in nlri:
+                    pid = key[2]
+                    prefix = (key[0], key[1])
+                    path = RibPath(src, shared, nh, pid)
+                    table[key if pid else prefix] = path
+                    batch.append((prefix, path))
+                if rejected:
+                    rejected.difference_update(nlri)
+                loc.update_many(fam, batch)
+                continue
             for key in nlri:
+                pid = key[2]
                 prefix = (key[0], key[1])
-                if loop_reason is not None:
-                    use = None
-                elif flt is None or flt.prefix_independent:
-                    use = shared
+                if loop_reason is not None or flt is None or flt.prefix_independent:
+                    use = None  # the shared verdict was a refusal
                 else:
                     got = apply_filter(flt, fam, prefix, attrs, src.ebgp)
                     use = self.interner.intern(got) if got is not None else None
                 if use is None:
                     rejected.add(key)
-                    if table.pop(key, None) is not None:
-                        loc.withdraw(fam, prefix, addr, key[2])
+                    if table.pop(key if pid else prefix, None) is not None:
+                        loc.withdraw(fam, prefix, addr, pid)
                     continue
                 rejected.discard(key)
-                path = RibPath(src, use, nh, key[2])
-                table[key] = path
-                loc.update(fam, prefix, path)
+                path = RibPath(src, use, nh, pid)
+                table[key if pid else prefix] = path
+                batch.append((prefix, path))
+            loc.update_many(fam, batch)
         self._work.set()
         self._check_max_prefix(peer)
 
@@ -614,7 +631,7 @@ class Daemon:
 
     def _decide_slice(self) -> None:
         changes = self.loc_rib.decide(self.loc_rib.take_dirty(SLICE))
-        by_fam: dict[Family, list[tuple[Prefix, Destination | None]]] = {}
+        by_fam: dict[Family, list[tuple[Prefix, Entry | None]]] = {}
         sink = self.route_sink if self.converged.is_set() else None
         for fam, prefix, dest, fib_changed in changes:
             by_fam.setdefault(fam, []).append((prefix, dest))
@@ -622,10 +639,15 @@ class Daemon:
                 self._sink(sink, fam, prefix, dest)
         if not self._export_enabled:
             return
-        encoder = EncodeCache()
+        encoder: EncodeCache | None = None
+        outs = [p.out for p in self.peers.values() if p.out is not None]
         for fam, items in by_fam.items():
-            members = [p.out for p in self.peers.values() if p.out is not None]
-            self._send_all(export_changes(fam, items, members, self.local, self.interner, encoder))
+            members = _receivers(fam, items, outs)
+            if members:
+                encoder = encoder or EncodeCache()
+                self._send_all(
+                    export_changes(fam, items, members, self.local, self.interner, encoder)
+                )
 
     def _sync_slice(self) -> None:
         job = self._sync_jobs[0]
@@ -678,7 +700,7 @@ class Daemon:
                     self._sink(sink, fam, prefix, dest)
 
     @staticmethod
-    def _sink(sink: RouteSink, fam: Family, prefix: Prefix, dest: Destination | None) -> None:
+    def _sink(sink: RouteSink, fam: Family, prefix: Prefix, dest: Entry | None) -> None:
         try:
             sink(fam, prefix, dest.multipath if dest is not None and dest.best else None)
         except Exception:
@@ -785,6 +807,30 @@ class Daemon:
 
     def routes(self, family: str | None = None) -> list[dict[str, Any]]:
         return route_rows(self.loc_rib, self.decision, family)
+
+
+def _receivers(
+    fam: Family, items: list[tuple[Prefix, Entry | None]], outs: list[Outbound]
+) -> list[Outbound]:
+    """The peers these changes can mean anything to; often none, as while a peer sends us its
+    table (nobody else is up, and nothing goes back to where it came from)."""
+    members = [m for m in outs if fam in m.policies]
+    if not members or any(m.rib_out.count(fam) for m in members):
+        return members  # something sent may need a withdrawal
+    sources: set[str] = set()
+    for _, entry in items:
+        if entry is None:
+            continue
+        if entry.__class__ is RibPath:
+            sources.add(entry.source.key)  # type: ignore[union-attr]
+        else:
+            sources.update(p.source.key for p in entry.paths)
+        if len(sources) > 1:
+            return members
+    if not sources:
+        return []  # only prefixes gone, and nobody was sent anything
+    # Only paths from one peer, and nothing sent to anyone: all but that peer may receive.
+    return [m for m in members if {m.key} != sources]
 
 
 def run_daemon(config: Config) -> int:

@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bgpd.health import BGP_SESSIONS, FIB_SYNCED, HealthServer, Readiness
 from bgpd.metrics import Metrics
 from bgpd.sdnotify import Notifier
 from bgpd.speaker.events import Event, SessionDown, State, StateChanged
+from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.types import Family
 
 if TYPE_CHECKING:
@@ -88,19 +89,12 @@ class Observer:
             fib.on_batch = on_batch
 
     def _count_decisions(self) -> None:
-        # Best-path runs are counted around the decider the Loc-RIB calls once per prefix, so
-        # the route worker needs no metrics code; the counter is read at scrape time.
-        rib = self.daemon.loc_rib
-        # A replacing observer (the node's) wraps the original decider, not the old wrapper.
-        decider = getattr(rib.decider, "__wrapped__", rib.decider)
-        counts = self._decisions
-
-        def counting(fam: Family, paths: Any) -> Any:
-            counts[fam] = counts.get(fam, 0) + 1
-            return decider(fam, paths)
-
-        counting.__wrapped__ = decider  # type: ignore[attr-defined]
-        rib.decider = counting
+        # The Loc-RIB counts its decisions itself (most never reach the decider: a prefix with
+        # one path is decided as it is stored), so the route worker needs no metrics code; the
+        # count is read at scrape time. A replacing observer (the node's) starts from the count
+        # so far, as the one it replaces had.
+        self._decisions = self.daemon.loc_rib.decisions
+        self._decisions_seen = dict(self._decisions)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -233,8 +227,14 @@ class Observer:
                     )
         if m.rib is not None:
             for fam, table in daemon.loc_rib.tables.items():
-                paths = sum(len(dest.paths) for dest in table.values())
-                m.rib.set_counts(fam, sum(1 for d in table.values() if d.best), paths)
+                # A bare Path is a prefix with one path, its best; only Destinations vary.
+                best = paths = len(table)
+                for entry in table.values():
+                    if entry.__class__ is not RibPath:
+                        paths += len(entry.paths) - 1
+                        if entry.best is None:
+                            best -= 1
+                m.rib.set_counts(fam, best, paths)
             m.rib.set_attribute_sets(len(daemon.interner))
             for fam, count in self._decisions.items():
                 delta = count - self._decisions_seen.get(fam, 0)

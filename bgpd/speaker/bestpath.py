@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from bgpd.speaker.rib import Outcome, Path
+from bgpd.speaker.rib import ONLY_PATH, Outcome, Path
 from bgpd.speaker.types import IPV4_UNICAST, Family
 
 DEFAULT_LOCAL_PREF = 100
@@ -149,7 +149,6 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("peer-address", step_peer_address),
 )
 MULTIPATH_CUT = 7  # index of the first pure tie-break (router-id)
-ONLY_PATH = "only-path"
 
 
 def run_steps(paths: list[Path], cfg: DecisionConfig) -> tuple[list[Path], str, list[Path]]:

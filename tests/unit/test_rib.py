@@ -55,7 +55,7 @@ def test_take_dirty_slices_across_families() -> None:
     first = rib.take_dirty(4)
     rest = rib.take_dirty(4)
     assert len(first) == 4 and len(rest) == 2 and rib.pending() == 0
-    assert {f for f, _ in first + rest} == {IPV4_UNICAST, IPV6_UNICAST}
+    assert {f for f, _, _ in first + rest} == {IPV4_UNICAST, IPV6_UNICAST}
     rib.decide(first + rest)
     rib.mark_all()
     assert rib.pending() == 6
