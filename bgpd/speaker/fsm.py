@@ -6,8 +6,11 @@ that the table does not list for the current state are protocol errors (RFC 6608
 they are messages, and are ignored otherwise.
 
 One `Session` serves one configured peer. It may hold two TCP connections at once while a
-collision (§6.8) is being resolved: the primary one, whose state is the session's state, and an
-incoming candidate that has sent OPEN but whose fate waits on the remote BGP Identifier.
+collision (§6.8) is being resolved: the primary one, whose state is the session's state, and a
+candidate (a second incoming connection, or our own attempt that completed after the peer's
+connection arrived) that has sent OPEN but whose fate waits on the remote BGP Identifier. The
+collision is resolved as soon as that identifier is known on either connection, and both ends
+resolve it the same way whatever order the OPENs and NOTIFICATIONs arrive in.
 """
 
 from __future__ import annotations
@@ -280,10 +283,9 @@ class Session:
             self._events.append(ConnectionRejected(conn_id, "neighbor is administratively down"))
             return None
         if self.state in (State.IDLE, State.CONNECT, State.ACTIVE):
-            # The incoming connection wins over an attempt of ours still in flight (§8.2.2).
-            if self._pending_connect is not None:
-                self._events.append(CloseConnection(self._pending_connect))
-                self._pending_connect = None
+            # Our own attempt may already be accepted at the far end (crossed SYNs): closing
+            # it here would close the far end's primary. It lives on; should it complete, the
+            # two connections are a collision that §6.8 settles identically on both sides.
             if self.state is State.IDLE:
                 self._enter(State.ACTIVE)
             self._attach_primary(_Conn(conn_id, outgoing=False), now)
@@ -296,9 +298,8 @@ class Session:
             self._events.append(CloseConnection(conn_id))
             self._events.append(ConnectionRejected(conn_id, "collision with existing session"))
             return conn_id
-        # OpenSent/OpenConfirm: hold the newcomer until its OPEN names the remote identifier.
-        self._candidate = _Conn(conn_id, outgoing=False)
-        self._send(conn_id, self.local_open)
+        # OpenSent/OpenConfirm: hold the newcomer until the remote identifier is known.
+        self._add_candidate(_Conn(conn_id, outgoing=False), now)
         return conn_id
 
     def connection_made(self, conn_id: int, now: float) -> None:
@@ -307,10 +308,13 @@ class Session:
             self._events.append(CloseConnection(conn_id))
             return
         self._pending_connect = None
-        if self.state not in (State.CONNECT, State.ACTIVE):
+        if self.state in (State.CONNECT, State.ACTIVE):
+            self._attach_primary(_Conn(conn_id, outgoing=True), now)
+        elif self.state in (State.OPENSENT, State.OPENCONFIRM) and self._candidate is None:
+            # The peer's connection arrived first; ours is the other half of a collision.
+            self._add_candidate(_Conn(conn_id, outgoing=True), now)
+        else:
             self._events.append(CloseConnection(conn_id))
-            return
-        self._attach_primary(_Conn(conn_id, outgoing=True), now)
 
     def connection_failed(self, conn_id: int, now: float, reason: str = "") -> None:
         """Our outgoing connection attempt failed (refused, unreachable, timed out)."""
@@ -330,6 +334,13 @@ class Session:
         if self._primary is None or self._primary.conn_id != conn_id:
             return
         self._primary = None
+        text = f"connection closed: {reason}" if reason else "connection closed by peer"
+        if self._candidate is not None:
+            # The peer kept the other connection (its §6.8 verdict reached us first).
+            self._lose_primary_to_candidate(text, None, now)
+            return
+        if self._fall_back_to_pending(text, None, now):
+            return
         text = f"connection closed: {reason}" if reason else "connection closed by peer"
         self._session_down(text, None, sent=False)
         self._transition(I.TCP_CLOSED, now)
@@ -623,7 +634,16 @@ class Session:
         if self._primary is not None:
             conn, self._primary = self._primary, None
             self._events.append(CloseConnection(conn.conn_id))
-            self._session_down(reason, (msg.code, msg.subcode), sent=False)
+            code = (msg.code, msg.subcode)
+            if self._candidate is not None:
+                # Typically Cease/Collision Resolution: the peer chose the other connection.
+                self._lose_primary_to_candidate(reason, code, now)
+                return
+            if code == (E.CEASE, E.CEASE_COLLISION_RESOLUTION) and self._fall_back_to_pending(
+                reason, code, now
+            ):
+                return
+            self._session_down(reason, code, sent=False)
         self._transition(I.NOTIFICATION, now)
 
     def _check_open(self, msg: Open) -> None:
@@ -659,8 +679,7 @@ class Session:
             self._protocol_error(conn, err, now)
             return
         conn.remote_open = msg
-        cand = self._candidate
-        if cand is not None and cand.remote_open is not None and self._resolve_collision(now):
+        if self._candidate is not None and self._resolve_collision(msg.router_id, now):
             return
         self._accept_open(conn, msg, now)
 
@@ -682,7 +701,7 @@ class Session:
                 self._protocol_error(conn, err, now)
                 return
             conn.remote_open = msg
-            self._resolve_collision(now)
+            self._resolve_collision(msg.router_id, now)
         elif isinstance(msg, Notification):
             self._events.append(CloseConnection(conn.conn_id))
             self._candidate = None
@@ -693,30 +712,87 @@ class Session:
                 now,
             )
 
-    def _resolve_collision(self, now: float) -> bool:
+    def _add_candidate(self, conn: _Conn, now: float) -> None:
+        self._candidate = conn
+        self._send(conn.conn_id, self.local_open)
+
+    def _resolve_collision(self, remote_id: int, now: float) -> bool:
         """§6.8: keep the connection opened by the side with the higher BGP Identifier.
 
-        Returns True when the candidate replaced the primary connection.
+        Both ends apply the same rule to the same pair of connections, so whichever of them
+        decides first, they agree. Returns True when the candidate replaced the primary.
         """
-        cand = self._candidate
-        assert cand is not None and cand.remote_open is not None
-        remote_id = cand.remote_open.router_id
-        primary = self._primary
-        keep_local_initiated = self.config.router_id > remote_id
-        primary_ok = primary is not None and primary.outgoing == keep_local_initiated
+        cand, primary = self._candidate, self._primary
+        assert cand is not None
         self._candidate = None
-        if primary_ok or primary is None:
+        keep_outgoing = self.config.router_id > remote_id
+        # Two connections of the same direction (a peer reconnecting) keep the primary.
+        if (
+            primary is None
+            or self.state is State.ESTABLISHED
+            or primary.outgoing == keep_outgoing
+            or cand.outgoing != keep_outgoing
+        ):
             self._close(cand, (E.CEASE, E.CEASE_COLLISION_RESOLUTION, b""))
             self._events.append(ConnectionRejected(cand.conn_id, "lost collision resolution"))
             return False
-        # The newcomer wins: the old connection ends quietly, the candidate takes its place.
+        # The candidate wins: the old connection ends with the same Cease, and the session
+        # carries on over the candidate without going down.
         self._close(primary, (E.CEASE, E.CEASE_COLLISION_RESOLUTION, b""))
-        self._primary = cand
-        if self.state is State.OPENCONFIRM:
-            # Our OPEN and the peer's are both in; re-run the OPEN exchange's tail on it.
-            self._enter(State.OPENSENT)
-        self._accept_open(cand, cand.remote_open, now)
+        self._primary = None
+        self._candidate = cand
+        self._promote_candidate(now)
         return True
+
+    def _fall_back_to_pending(
+        self, reason: str, notification: tuple[int, int] | None, now: float
+    ) -> bool:
+        """The primary is gone while our own attempt is in flight: that attempt is the
+        connection the peer kept (crossed SYNs), so wait for it in Connect instead of Idle."""
+        if self._pending_connect is None:
+            return False
+        self._note_lost_primary(reason, notification)
+        self._enter(State.CONNECT)
+        self.negotiated = None
+        self.context = DEFAULT_CONTEXT
+        self._hold_at = None
+        self._keepalive_at = None
+        self._arm_connect_retry(now)
+        return True
+
+    def _lose_primary_to_candidate(
+        self, reason: str, notification: tuple[int, int] | None, now: float
+    ) -> None:
+        self._note_lost_primary(reason, notification)
+        self._promote_candidate(now)
+
+    def _note_lost_primary(self, reason: str, notification: tuple[int, int] | None) -> None:
+        if self.state is State.ESTABLISHED:
+            # Both ends raced to different verdicts; routes learnt on the old connection go.
+            self._session_down(reason, notification, sent=False)
+        else:
+            # Not a session loss: the handshake carries on over the other connection.
+            self.last_error = reason
+            if notification is not None:
+                self.last_notification = notification
+
+    def _promote_candidate(self, now: float) -> None:
+        """The primary connection is gone: carry on over the candidate, which sent our OPEN."""
+        cand = self._candidate
+        assert cand is not None
+        self._candidate = None
+        self._primary = cand
+        self._connect_retry_at = None
+        if self.state is not State.OPENSENT:
+            self._enter(State.OPENSENT)
+        if cand.remote_open is not None:
+            self._accept_open(cand, cand.remote_open, now)
+            return
+        # Whatever the old connection negotiated does not hold for this one.
+        self.negotiated = None
+        self.context = DEFAULT_CONTEXT
+        self._keepalive_at = None
+        self._hold_at = now + OPEN_HOLD_TIME
 
     def _establish(self, now: float) -> None:
         self._transition(I.KEEPALIVE, now)
