@@ -72,3 +72,35 @@ async def test_neighbors_and_local_routes_change_at_run_time(tmp_path) -> None:
         for d in ds:
             d.request_stop()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_speakers_that_open_to_each_other_at_once_settle_on_one_session(tmp_path) -> None:
+    # Issue 2's collision livelock: pairs of speakers, both active, given each other at the same
+    # moment, so their connections cross. §6.8 may cost one reset; it must never loop.
+    pairs = 6
+    addrs = [f"127.0.5.{i}" for i in range(1, 2 * pairs + 1)]
+    ports = [free_port() for _ in addrs]
+    ds = [daemon(tmp_path, a, p, f"c{i}") for i, (a, p) in enumerate(zip(addrs, ports))]
+    tasks = [asyncio.create_task(d.run()) for d in ds]
+    try:
+        await asyncio.sleep(0.2)
+        for i in range(0, len(ds), 2):
+            # Each connects from its own address, which is the one the other side expects.
+            ds[i].set_neighbors(
+                [replace(neighbor(addrs[i + 1], ports[i + 1]), source_address=addrs[i])]
+            )
+            ds[i + 1].set_neighbors(
+                [replace(neighbor(addrs[i], ports[i]), source_address=addrs[i + 1])]
+            )
+
+        def all_up() -> bool:
+            return all(d.status() and d.status()[0]["state"] == "Established" for d in ds)
+
+        await wait(all_up)
+        for d in ds:
+            (row,) = d.status()
+            assert 1 <= row["established_count"] <= 2, row
+    finally:
+        for d in ds:
+            d.request_stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
