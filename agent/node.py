@@ -139,9 +139,11 @@ def neighbor_config(
 ) -> NeighborConfig:
     """The daemon's neighbor for one computed session.
 
-    Between two of our nodes only the lower address connects: nodes start together, and
-    simultaneous connects then rely on collision resolution, which has been seen to livelock
-    (both sides closing the other's connection) under load. One opener avoids the collision.
+    Between two of our nodes only the lower address connects, as Calico's BIRD mesh does
+    (`passive on` toward a higher address): nodes start together, and although the FSM
+    settles crossed connections (RFC 4271 §6.8), a collision can still cost one reset when
+    one side is already Established on the connection the other rules out. One opener has
+    no collision at all.
     """
     family: Family = IPV6_UNICAST if ":" in spec.address else IPV4_UNICAST
     passive = False
