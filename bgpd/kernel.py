@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from bgpd.fib.manager import FibManager
-from bgpd.fib.types import NextHop, Prefix, Route
+from bgpd.fib.types import Hops, NextHop, Prefix, Route
 from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.types import AFI_IPV4, Family
 
@@ -39,16 +39,24 @@ def _address(version: int, value: int) -> IPAddress:
 
 
 class KernelRoutes:
-    """Feeds one FibManager from the RIB; see the module docstring."""
+    """Feeds one FibManager from the RIB; see the module docstring.
+
+    Per prefix it keeps the BGP gateways as one shared tuple of ints per distinct set, and
+    with the ``direct`` policy hands the FIB one shared next-hop set per distinct set too:
+    no address object, route or tuple is built per prefix on the way to the kernel.
+    """
 
     def __init__(self, fib: FibManager, forward: ForwardPolicy = direct) -> None:
         self.fib = fib
         self.forward = forward
         # What BGP wants per prefix (its gateways), kept so a policy change can re-derive all.
-        self.learned: dict[Prefix, tuple[IPAddress, ...]] = {}
+        self.learned: dict[Prefix, tuple[int, ...]] = {}
         self.static: dict[Prefix, Route] = {}
         self.reachability_changed: Callable[[], None] | None = None
         self._recheck: asyncio.Handle | None = None
+        self._gateway_sets: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._direct_hops: dict[tuple[int, tuple[int, ...]], Hops] = {}
+        self._last: tuple[int, tuple[int, ...], Hops] = (0, (), ())
 
     # -- from the RIB --------------------------------------------------------------------------
 
@@ -57,18 +65,27 @@ class KernelRoutes:
     ) -> None:
         version = 4 if family.afi == AFI_IPV4 else 6
         key: Prefix = (version, prefix[0], prefix[1])
-        gateways: list[IPAddress] = []
-        for path in paths or ():
-            if path.source.local or not path.next_hop:
-                continue
-            gw = _address(version, path.next_hop[0])
-            if gw not in gateways:
-                gateways.append(gw)
+        gateways: tuple[int, ...] = ()
+        if paths:
+            if len(paths) == 1:
+                path = paths[0]
+                if not path.source.local and path.next_hop:
+                    gateways = (path.next_hop[0],)
+            else:
+                seen: list[int] = []
+                for path in paths:
+                    if path.source.local or not path.next_hop:
+                        continue
+                    gw = path.next_hop[0]
+                    if gw not in seen:
+                        seen.append(gw)
+                gateways = tuple(seen)
         if gateways:
-            self.learned[key] = tuple(gateways)
+            gateways = self._gateway_sets.setdefault(gateways, gateways)
+            self.learned[key] = gateways
         else:
             self.learned.pop(key, None)
-        self._push(key)
+        self._push(key, gateways)
 
     def reachable(self, family: Family, next_hop: int) -> bool:
         """The decision process's first step: can the kernel reach this BGP next hop?"""
@@ -107,11 +124,32 @@ class KernelRoutes:
         for key in list(self.learned):
             self._push(key)
 
-    def _push(self, key: Prefix) -> None:
-        route = self.static.get(key)
-        if route is None:
-            gateways = self.learned.get(key)
-            route = self.forward(key, gateways) if gateways else None
+    def _push(self, key: Prefix, gateways: tuple[int, ...] | None = None) -> None:
+        if self.static:
+            route = self.static.get(key)
+            if route is not None:
+                self.fib.update(route)
+                return
+        if gateways is None:
+            gateways = self.learned.get(key, ())
+        if not gateways:
+            self.fib.withdraw(key)
+            return
+        version = key[0]
+        if self.forward is direct:
+            last = self._last
+            if gateways is last[1] and version == last[0]:
+                hops = last[2]
+            else:
+                found = self._direct_hops.get((version, gateways))
+                if found is None:
+                    found = Route(key, tuple(NextHop(gw) for gw in gateways)).nexthops
+                    self._direct_hops[(version, gateways)] = found
+                hops = found
+                self._last = (version, gateways, hops)
+            self.fib.want(key, hops)
+            return
+        route = self.forward(key, tuple(_address(version, gw) for gw in gateways))
         if route is None:
             self.fib.withdraw(key)
         else:

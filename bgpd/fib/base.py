@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bgpd.fib.reconcile import Conflict, plan
-from bgpd.fib.types import KernelRoute, Prefix, Route, RouteError
+from bgpd.fib.types import Hops, KernelRoute, Prefix, Route, RouteError, hops_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,10 @@ class Fib(ABC):
     Subclasses implement ``_write`` and ``_dump``; this class tracks which prefixes are ours in
     the kernel so that a write to one of them replaces it, while a write to any other prefix
     is exclusive and so can never overwrite another protocol's route.
+
+    A FibManager keeps that knowledge itself (``installed``) and writes through ``write``
+    with the flag spelled out; it turns ``track_ours`` off, so that a 500k-route dump does
+    not also build a set of every prefix.
     """
 
     def __init__(self, protocol: int, table: int, metric: int = 0) -> None:
@@ -69,6 +73,7 @@ class Fib(ABC):
         self.table = table
         self.metric = metric
         self.ours: set[Prefix] = set()
+        self.track_ours = True
 
     def kernel_metric(self, version: int) -> int:
         """The metric the kernel shows on our routes (IPv6 turns 0 into 1024)."""
@@ -76,9 +81,9 @@ class Fib(ABC):
 
     @abstractmethod
     async def _write(
-        self, writes: list[tuple[Route, bool]], deletes: list[Prefix]
+        self, writes: list[tuple[Prefix, Hops, bool]], deletes: list[Prefix]
     ) -> list[RouteError]:
-        """Write (route, replace?) pairs and delete prefixes; return every refusal."""
+        """Write (prefix, hops, replace?) and delete prefixes; return every refusal."""
 
     @abstractmethod
     async def _dump(self, table: int) -> list[KernelRoute]:
@@ -88,7 +93,7 @@ class Fib(ABC):
         """Every route in ``table`` (default: ours), of every protocol."""
         table = self.table if table is None else table
         kernel = await self._dump(table)
-        if table == self.table:
+        if table == self.table and self.track_ours:
             self.ours = {kr.prefix for kr in kernel if kr.protocol == self.protocol}
         return kernel
 
@@ -102,19 +107,27 @@ class Fib(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release unless a subclass holds sockets
         """Release sockets (the routes stay)."""
 
+    async def write(
+        self, writes: list[tuple[Prefix, Hops, bool]], deletes: list[Prefix]
+    ) -> list[RouteError]:
+        """Write (prefix, hops, replace?) as the caller says, delete ``deletes``; every error
+        but the delete of a route already gone. ``ours`` is left alone."""
+        errors = await self._write(writes, deletes)
+        return [e for e in errors if not (e.op == "delete" and e.errno == errno.ESRCH)]
+
     async def apply(self, routes: Iterable[Route], deletes: Iterable[Prefix]) -> list[RouteError]:
         """Add or replace ``routes`` and delete ours at ``deletes``; return every error.
 
         Deleting a route that is already gone is not an error.
         """
-        writes = [(r, r.prefix in self.ours) for r in routes]
+        writes = [(r.prefix, hops_of(r), r.prefix in self.ours) for r in routes]
         dels = list(deletes)
         errors = await self._write(writes, dels)
         failed = {(e.prefix, e.op) for e in errors}
         real: list[RouteError] = []
-        for route, replace in writes:
-            if (route.prefix, "replace" if replace else "add") not in failed:
-                self.ours.add(route.prefix)
+        for prefix, _hops, replace in writes:
+            if (prefix, "replace" if replace else "add") not in failed:
+                self.ours.add(prefix)
         for e in errors:
             if e.op == "delete" and e.errno == errno.ESRCH:
                 continue

@@ -13,7 +13,16 @@ import os
 from collections.abc import Callable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, RouteEvent
-from bgpd.fib.types import RTN_BLACKHOLE, RTN_UNICAST, KernelRoute, Prefix, Route, RouteError
+from bgpd.fib.types import (
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    Hops,
+    KernelRoute,
+    Prefix,
+    Route,
+    RouteError,
+    route_of,
+)
 
 
 class FakeFib(Fib):
@@ -30,11 +39,12 @@ class FakeFib(Fib):
     # -- the Fib interface ---------------------------------------------------------------------
 
     async def _write(
-        self, writes: list[tuple[Route, bool]], deletes: list[Prefix]
+        self, writes: list[tuple[Prefix, Hops, bool]], deletes: list[Prefix]
     ) -> list[RouteError]:
         self.batches += 1
         errors: list[RouteError] = []
-        for route, replace in writes:
+        for prefix, hops, replace in writes:
+            route = route_of(prefix, hops)
             self.messages += 1
             op = "replace" if replace else "add"
             code = self.fail.get(route.prefix) or self._put(route, replace)

@@ -2,7 +2,11 @@
 
 ``update``/``withdraw`` only queue (last change per prefix wins) and wake the task, which
 writes in slices so 100k changes never hold the event loop long. At start it reads our routes
-from the kernel and keeps them until ``converged()`` (End-of-RIB or the GR timer), then diffs.
+from the kernel and keeps them until ``converged()`` (End-of-RIB or the GR timer); once the
+queue has drained it then deletes those of ours nobody wants any more.
+
+Per prefix it keeps only the prefix and an interned next-hop set (``Hops``): 500k routes
+through one gateway share one tuple, where a Route per prefix cost ~500 bytes each.
 A full resync every ``scan_time`` seconds, and the route monitor in between, repair what someone
 else deleted or changed; other protocols' routes are never touched, only reported.
 
@@ -22,21 +26,26 @@ from collections.abc import Callable, Iterable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.nexthop import NextHopResolver
-from bgpd.fib.reconcile import STEP, Conflict, plan_steps, same_route
+from bgpd.fib.reconcile import STEP, Conflict, same_hops
 from bgpd.fib.types import (
     MAIN_TABLE,
+    Hops,
     KernelRoute,
     NextHop,
     Prefix,
     Route,
     RouteError,
     addr_str,
+    hops_of,
 )
 
 log = logging.getLogger("bgpd.fib")
 
 ReachabilityCallback = Callable[[int, int, bool], None]
 _RECHECK = object()  # queued by repairs: re-derive the prefix from desired vs installed
+_ABSENT = object()  # no route of ours at the prefix (installed maps to None for unparsed ones)
+# (ip version, id of an interned Hops): the same next hops mean another thing in IPv6.
+HopsKey = tuple[int, int]
 
 
 class FibManager:
@@ -63,6 +72,7 @@ class FibManager:
         on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.fib = fib
+        fib.track_ours = False  # ``installed`` says which writes replace a route of ours
         self.on_batch = on_batch
         self.persist = persist
         self.scan_time = scan_time
@@ -71,9 +81,12 @@ class FibManager:
         self.watch = watch
         self.on_reachability = on_reachability
         self.on_error = on_error
-        self.desired: dict[Prefix, Route] = {}
-        self.installed: dict[Prefix, Route | None] = {}
-        self.foreign: dict[Prefix, list[tuple[int, int]]] = {}  # prefix -> (protocol, metric)
+        # prefix -> interned Hops we want (as the RIB gave them, before next-hop resolution)
+        self.desired: dict[Prefix, Hops] = {}
+        # prefix -> Hops of our route in the kernel (None: ours, of a kind we never write)
+        self.installed: dict[Prefix, Hops | None] = {}
+        # prefix -> (protocol, metric, type) of every other route there, in our table
+        self.foreign: dict[Prefix, list[tuple[int, int, int]]] = {}
         self.conflicts: dict[Prefix, Conflict] = {}
         self.recent_errors: deque[RouteError] = deque(maxlen=256)
         # Queued changes: the latest per prefix in a dict, their order in a deque (popping the
@@ -82,13 +95,22 @@ class FibManager:
         self._order: deque[Prefix] = deque()
         self._repairing: set[Prefix] = set()
         self._inflight: set[Prefix] = set()
-        self._gw_users: dict[tuple[int, int], set[Prefix]] = {}
+        # One tuple per distinct next-hop set. Caches below are keyed by (ip version, id()) of
+        # these, which stay alive here: hashing a Hops hashes each NextHop in Python, per route.
+        self._interned: dict[Hops, Hops] = {(): ()}
+        self._last_hops: tuple[object, Hops] = ((), ())
+        self._refs: dict[HopsKey, int] = {}  # desired prefixes using each Hops
+        self._by_key: dict[HopsKey, Hops] = {}
+        self._eff: dict[HopsKey, Hops | None] = {}  # Hops after next-hop resolution
+        self._gw_refs: dict[tuple[int, int], int] = {}  # gateway -> distinct Hops using it
         self._gw_via: dict[tuple[int, int], int | None] = {}
+        self._reach: dict[tuple[int, int], bool] = {}
         # Gateways the RIB asked about through reachable(): it must hear when they come back,
         # even though no route of ours uses them while they are unreachable.
         self._watched: set[tuple[int, int]] = set()
         self._link_up: dict[int, bool] = {}
         self._converged = False
+        self._prune_wanted = False
         self._resync_wanted = False
         self._gateways_dirty = False
         self._wake = asyncio.Event()
@@ -130,19 +152,39 @@ class FibManager:
             counts[prefix[0]] += 1
         return counts
 
+    def desired_route(self, prefix: Prefix) -> Route | None:
+        """The route we want at ``prefix`` (before next-hop resolution), if any."""
+        hops = self.desired.get(prefix)
+        return None if hops is None else Route(prefix, hops, blackhole=not hops)
+
     def update(self, route: Route) -> None:
         """Want ``route`` in the kernel (replacing any other route of ours at its prefix)."""
-        self._queue(route.prefix, route)
+        self.want(route.prefix, hops_of(route))
+
+    def want(self, prefix: Prefix, hops: Hops) -> None:
+        """``update`` without a Route: ``hops`` as a Route holds them (sorted, deduplicated;
+        () for a blackhole). The RIB bridge's path, one call per prefix."""
+        last = self._last_hops
+        if hops is last[0]:
+            interned = last[1]
+        else:
+            interned = self._interned.get(hops)  # type: ignore[assignment]
+            if interned is None:
+                interned = self._interned[hops] = hops
+            self._last_hops = (hops, interned)
+        self._queue(prefix, interned)
 
     def withdraw(self, prefix: Prefix) -> None:
         """Want no route of ours at ``prefix``."""
         self._queue(prefix, None)
 
     def _queue(self, prefix: Prefix, value: object) -> None:
-        if prefix not in self._pending:
+        pending = self._pending
+        if prefix not in pending:
             self._order.append(prefix)
-        self._pending[prefix] = value
-        self._kick()
+            if not pending:
+                self._kick()  # while anything is queued the task is awake or about to be
+        pending[prefix] = value
 
     def reachable(self, version: int, gateway: int) -> bool:
         """Whether ``gateway`` resolves through the kernel's other routes now (for the RIB's
@@ -150,17 +192,22 @@ class FibManager:
         if self.resolver is None:
             return True
         key = (version, gateway)
+        known = self._reach.get(key)
+        if known is not None:
+            return known
         via = self.resolver.resolve(version, gateway)
         if key not in self._watched:
             self._watched.add(key)
             self._gw_via.setdefault(key, via)
+        self._reach[key] = via is not None
         return via is not None
 
     def converged(self) -> None:
-        """The RIB is complete (End-of-RIB from all peers, or the GR timer): prune stale routes."""
+        """The RIB is complete (End-of-RIB from all peers, or the GR timer): prune stale routes
+        once what is queued now has been written."""
         if not self._converged:
             self._converged = True
-            self._resync_wanted = True
+            self._prune_wanted = True
             self._kick()
 
     async def start(self) -> None:
@@ -173,6 +220,7 @@ class FibManager:
             for index, up in getattr(self.fib, "link_up", {}).items():
                 self.resolver.link_changed(index, up)
                 self._link_up[index] = up
+            self._resolver_changed()
         if self.watch:
             self._close_monitor = self.fib.monitor(self._on_kernel_event)
         self._task = asyncio.create_task(self._run(), name="fib-manager")
@@ -198,7 +246,7 @@ class FibManager:
         if not self.persist:
             kernel = await self.fib.dump()
             ours = [kr.prefix for kr in kernel if kr.protocol == self.fib.protocol]
-            self._count_errors(await self.fib.apply([], ours))
+            self._count_errors(await self.fib.write([], ours))
             self.installed.clear()
         self.fib.close()
 
@@ -234,8 +282,11 @@ class FibManager:
                 elif self._gateways_dirty:
                     self._gateways_dirty = False
                     self._recheck_gateways()
-                else:
+                elif self._pending:
                     await self._apply_slice()
+                elif self._prune_wanted:
+                    self._prune_wanted = False
+                    await self._prune()
             except Exception:
                 # A bug or an unexpected socket error must not end FIB programming; the next
                 # scan starts from a fresh dump.
@@ -245,7 +296,9 @@ class FibManager:
             await asyncio.sleep(0)
 
     def _has_work(self) -> bool:
-        return bool(self._pending) or self._resync_wanted or self._gateways_dirty
+        return (
+            bool(self._pending) or self._resync_wanted or self._gateways_dirty or self._prune_wanted
+        )
 
     def _kick(self) -> None:
         self._idle.clear()
@@ -267,49 +320,84 @@ class FibManager:
     # -- writing -----------------------------------------------------------------------------
 
     async def _apply_slice(self) -> None:
-        writes: list[Route] = []
+        writes: list[tuple[Prefix, Hops, bool]] = []
         deletes: list[Prefix] = []
-        for _ in range(min(self.slice_size, len(self._order))):
-            prefix = self._order.popleft()
-            value = self._pending.pop(prefix)
+        desired, installed, pending, order = (
+            self.desired,
+            self.installed,
+            self._pending,
+            self._order,
+        )
+        repairing = self._repairing
+        converged = self._converged
+        effective = self._effective
+        refs = self._refs
+        # Most prefixes of a slice share one Hops: remember its resolution across the loop.
+        last: tuple[int, object, Hops | None] = (0, None, None)
+        for _ in range(min(self.slice_size, len(order))):
+            prefix = order.popleft()
+            value = pending.pop(prefix)
+            version = prefix[0]
             explicit = value is None
+            want: Hops | None
             if value is None:
-                old = self.desired.pop(prefix, None)
+                old = desired.pop(prefix, None)
                 if old is not None:
-                    self._track(old, add=False)
-            elif value is not _RECHECK:
-                assert isinstance(value, Route)
-                old = self.desired.get(prefix)
-                if old != value:
-                    if old is not None:
-                        self._track(old, add=False)
-                    self.desired[prefix] = value
-                    self._track(value, add=True)
-            want = self._effective(self.desired.get(prefix))
-            if want is None:
-                if prefix in self.installed and (
-                    explicit or prefix in self.desired or self._converged
-                ):
-                    deletes.append(prefix)
-                else:
-                    self._repairing.discard(prefix)
-            elif not same_route(want, self.installed.get(prefix)):
-                writes.append(want)
+                    self._unref(version, old)
+                want = None
+            elif value is _RECHECK:
+                cur = desired.get(prefix)
+                want = None if cur is None else effective(version, cur)
             else:
-                self._repairing.discard(prefix)
+                hops: Hops = value  # type: ignore[assignment]
+                old = desired.get(prefix)
+                if old is not hops:
+                    desired[prefix] = hops
+                    key = (version, id(hops))
+                    n = refs.get(key)
+                    if n is None:
+                        self._ref_new(version, hops)
+                    else:
+                        refs[key] = n + 1
+                    if old is not None:
+                        self._unref(version, old)
+                if hops is last[1] and version == last[0]:
+                    want = last[2]
+                else:
+                    want = effective(version, hops)
+                    last = (version, hops, want)
+            have = installed.get(prefix, _ABSENT)
+            if want is None:
+                if have is not _ABSENT and (explicit or prefix in desired or converged):
+                    deletes.append(prefix)
+                elif repairing:
+                    repairing.discard(prefix)
+            elif have is want or (
+                have is not _ABSENT and same_hops(want, have)  # type: ignore[arg-type]
+            ):
+                if repairing:
+                    repairing.discard(prefix)
+            else:
+                writes.append((prefix, want, have is not _ABSENT))
         if writes or deletes:
             await self._write(writes, deletes)
 
     async def _write(
-        self, writes: list[Route], deletes: list[Prefix], *, resync: bool = False
+        self,
+        writes: list[tuple[Prefix, Hops, bool]],
+        deletes: list[Prefix],
+        *,
+        resync: bool = False,
     ) -> list[RouteError]:
         """Apply one slice and account for it; everything a resync writes is a repair, and
         so is a write the monitor asked for."""
         started = time.perf_counter()
-        # Echoes of these writes may arrive before apply() returns; they are not news.
-        self._inflight = {r.prefix for r in writes} | set(deletes)
+        # Echoes of these writes may arrive before write() returns; they are not news.
+        inflight = {w[0] for w in writes}
+        inflight.update(deletes)
+        self._inflight = inflight
         try:
-            errors = await self.fib.apply(writes, deletes)
+            errors = await self.fib.write(writes, deletes)
         finally:
             self._inflight = set()
         elapsed = time.perf_counter() - started
@@ -318,23 +406,29 @@ class FibManager:
         self.last_apply_seconds = elapsed
         if self.on_batch is not None:
             self.on_batch(elapsed)
-        failed = {e.prefix for e in errors}
+        installed = self.installed
         repairing = self._repairing
-        for route in writes:
-            prefix = route.prefix
+        if not errors and not resync and not repairing:
+            for prefix, hops, _replace in writes:
+                installed[prefix] = hops
+            for prefix in deletes:
+                installed.pop(prefix, None)
+            return errors
+        failed = {e.prefix for e in errors}
+        for prefix, hops, _replace in writes:
             if prefix in failed:
                 continue
             if resync or prefix in repairing:
-                self._repaired("replaced" if prefix in self.installed else "added")
-            self.installed[prefix] = route
+                self._repaired("replaced" if prefix in installed else "added")
+            installed[prefix] = hops
         for prefix in deletes:
             if prefix in failed:
                 continue
             if resync or prefix in repairing:
                 self._repaired("removed")
-            self.installed.pop(prefix, None)
+            installed.pop(prefix, None)
         if repairing:
-            repairing.difference_update(r.prefix for r in writes)
+            repairing.difference_update(w[0] for w in writes)
             repairing.difference_update(deletes)
         self._count_errors(errors)
         return errors
@@ -351,68 +445,118 @@ class FibManager:
             if self.on_error is not None:
                 self.on_error(e)
 
+    def _stale(self) -> list[Prefix]:
+        """Our routes in the kernel that must go, unless a change for them is queued: nobody
+        wants them (once converged), or what is wanted there cannot be reached."""
+        desired, pending, converged = self.desired, self._pending, self._converged
+        # Resolve each distinct next-hop set once, not each prefix.
+        dead = {k for k, hops in self._by_key.items() if self._effective(k[0], hops) is None}
+        if not dead:
+            if not converged:
+                return []
+            return [p for p in self.installed if p not in desired and p not in pending]
+        out = []
+        for p in self.installed:
+            if p in pending:
+                continue
+            hops = desired.get(p)
+            if converged if hops is None else (p[0], id(hops)) in dead:
+                out.append(p)
+        return out
+
+    async def _prune(self) -> None:
+        """At convergence: delete the routes of ours nobody wants any more (from before a
+        restart), and report the conflicts found since the start. What the start's dump and
+        the monitor told us is the kernel's state; the periodic scan re-reads it."""
+        self.resyncs += 1
+        stale = self._stale()
+        self._set_conflicts(
+            Conflict(prefix, proto, metric, kind)
+            for prefix, entries in self.foreign.items()
+            if prefix in self.desired
+            for proto, metric, kind in entries
+        )
+        for i in range(0, len(stale), self.slice_size):
+            await self._write([], stale[i : i + self.slice_size], resync=True)
+            await asyncio.sleep(0)
+        self._synced(asyncio.get_running_loop())
+        if stale:
+            log.info("fib: converged; %d stale routes of ours deleted", len(stale))
+
+    def _synced(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._converged:
+            self.last_sync_time = time.time()
+            if self.scan_time > 0:
+                self._next_scan = loop.time() + self.scan_time
+
+    def _set_conflicts(self, found: Iterable[Conflict]) -> None:
+        conflicts: dict[Prefix, Conflict] = {}
+        for c in found:
+            if c.prefix not in self.conflicts and c.prefix not in conflicts:
+                log.warning("fib: conflict: %s", c)
+            conflicts[c.prefix] = c
+        self.conflicts = conflicts
+
     async def _resync(self) -> None:
         """Dump, diff against what we want, write the difference in slices."""
         self.resyncs += 1
         loop = asyncio.get_running_loop()
         kernel = await self.fib.dump()
         if self.resolver is not None:
-            main = kernel if self.fib.table == MAIN_TABLE else await self.fib.dump(MAIN_TABLE)
-            self.resolver.load(main)
+            other = None if self.fib.table == MAIN_TABLE else await self.fib.dump(MAIN_TABLE)
+            self.resolver.load(kernel if other is None else other)
+            del other
+            self._resolver_changed()
             self._recheck_gateways(requeue=False)
         await self._load_sliced(kernel)
-        desired = {}
-        for n, (prefix, route) in enumerate(self.desired.items(), 1):
-            want = self._effective(route)
-            if want is not None:
-                desired[prefix] = want
+        del kernel  # the dump's objects are the biggest thing a scan holds
+        installed, pending = self.installed, self._pending
+        writes: list[tuple[Prefix, Hops, bool]] = []
+        replaced = 0
+        # A newer change is queued for some; the slice writer will handle those.
+        for n, (prefix, hops) in enumerate(self.desired.items(), 1):
             if n % STEP == 0:
-                await asyncio.sleep(0)
-        steps = plan_steps(desired, kernel, self.fib.protocol, prune=self._converged)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                p = done.value
-                break
-            await asyncio.sleep(0)
-        if not self._converged:
-            # Even before convergence, a route we want but cannot reach must not stay.
-            p.deletes = [x for x in self.installed if x in self.desired and x not in desired]
-        # A newer change is queued for these; the slice writer will handle it.
-        p.writes = [r for r in p.writes if r.prefix not in self._pending]
-        p.deletes = [x for x in p.deletes if x not in self._pending]
-        for c in p.conflicts:
-            if c.prefix not in self.conflicts:
-                log.warning("fib: conflict: %s", c)
-        self.conflicts = {c.prefix: c for c in p.conflicts}
+                await asyncio.sleep(0)  # only this task changes desired
+            if prefix in pending:
+                continue
+            want = self._effective(prefix[0], hops)
+            if want is None:
+                continue
+            have = installed.get(prefix, _ABSENT)
+            if have is _ABSENT:
+                writes.append((prefix, want, False))
+            elif not same_hops(want, have):  # type: ignore[arg-type]
+                writes.append((prefix, want, True))
+                replaced += 1
+        deletes = self._stale()
+        self._set_conflicts(
+            Conflict(prefix, proto, metric, kind)
+            for prefix, entries in self.foreign.items()
+            if prefix in self.desired
+            for proto, metric, kind in entries
+        )
         # Where another protocol holds the prefix at our metric the kernel would refuse the
         # add again (EEXIST); the conflict is reported instead of retried every scan.
-        p.writes = [
-            r
-            for r in p.writes
-            if r.prefix in self.installed
-            or (self.conflicts.get(r.prefix) is None)
-            or self.conflicts[r.prefix].metric != self.fib.kernel_metric(r.version)
-        ]
-        repairs = len(p.writes) + len(p.deletes)
-        for i in range(0, max(len(p.writes), len(p.deletes)), self.slice_size):
-            await self._write(
-                p.writes[i : i + self.slice_size],
-                p.deletes[i : i + self.slice_size],
-                resync=True,
-            )
+        if self.conflicts:
+            writes = [
+                w
+                for w in writes
+                if w[2]
+                or (c := self.conflicts.get(w[0])) is None
+                or c.metric != self.fib.kernel_metric(w[0][0])
+            ]
+        step = self.slice_size
+        for i in range(0, max(len(writes), len(deletes)), step):
+            await self._write(writes[i : i + step], deletes[i : i + step], resync=True)
             await asyncio.sleep(0)
-        if self._converged:
-            self.last_sync_time = time.time()
-        if self._converged and self.scan_time > 0:
-            self._next_scan = loop.time() + self.scan_time
-        if repairs:
+        self._synced(loop)
+        if writes or deletes:
             log.info(
-                "fib: resync wrote %d, deleted %d, %d conflicts",
-                len(p.writes),
-                len(p.deletes),
-                len(p.conflicts),
+                "fib: resync wrote %d (%d replaced), deleted %d, %d conflicts",
+                len(writes),
+                replaced,
+                len(deletes),
+                len(self.conflicts),
             )
 
     async def _load_sliced(self, kernel: list[KernelRoute]) -> None:
@@ -428,58 +572,87 @@ class FibManager:
             self.foreign = {}
         for kr in kernel:
             if kr.protocol == self.fib.protocol:
-                self.installed[kr.prefix] = kr.route
+                self.installed[kr.prefix] = self._intern_route(kr.route)
             else:
-                self.foreign.setdefault(kr.prefix, []).append((kr.protocol, kr.metric))
+                self.foreign.setdefault(kr.prefix, []).append((kr.protocol, kr.metric, kr.kind))
+
+    def _intern_route(self, route: Route | None) -> Hops | None:
+        if route is None:
+            return None
+        hops = hops_of(route)
+        return self._interned.setdefault(hops, hops)
 
     # -- next hops ---------------------------------------------------------------------------
 
-    def _effective(self, route: Route | None) -> Route | None:
-        """``route`` with each gateway resolved to a connected one; paths that cannot be
-        reached are dropped, and None means no path is left."""
-        if route is None or route.blackhole or self.resolver is None:
-            return route
-        hops: list[NextHop] = []
+    def _resolver_changed(self) -> None:
+        self._eff.clear()
+        self._reach.clear()
+
+    def _effective(self, version: int, hops: Hops) -> Hops | None:
+        """``hops`` with each gateway resolved to a connected one; paths that cannot be
+        reached are dropped, and None means no path is left. Cached per interned Hops."""
+        if not hops or self.resolver is None:
+            return hops
+        key = (version, id(hops))
+        eff = self._eff
+        if key in eff:
+            return eff[key]
+        out: list[NextHop] = []
         changed = False
-        for hop in route.nexthops:
+        for hop in hops:
             if hop.gateway is None or hop.device is not None:
-                hops.append(hop)
+                out.append(hop)
                 continue
-            resolved = self.resolver.resolve(route.version, hop.gateway)
+            resolved = self.resolver.resolve(version, hop.gateway)
             if resolved is None:
                 changed = True
             elif resolved != hop.gateway:
-                hops.append(NextHop(resolved))
+                out.append(NextHop(resolved))
                 changed = True
             else:
-                hops.append(hop)
+                out.append(hop)
+        result: Hops | None
         if not changed:
-            return route
-        if not hops:
-            return None
-        return Route(route.prefix, tuple(hops))
+            result = hops
+        elif not out:
+            result = None
+        else:
+            made = Route((version, 0, 0), tuple(out)).nexthops  # sorted, deduplicated
+            result = self._interned.setdefault(made, made)
+        eff[key] = result
+        return result
 
-    def _track(self, route: Route, *, add: bool) -> None:
-        if self.resolver is None or route.blackhole:
+    def _ref_new(self, version: int, hops: Hops) -> None:
+        """The first desired prefix with ``hops``: track its gateways."""
+        self._refs[(version, id(hops))] = 1
+        self._by_key[(version, id(hops))] = hops
+        if self.resolver is None:
             return
-        for hop in route.nexthops:
-            if hop.gateway is None or hop.device is not None:
+        for key in _gateways(version, hops):
+            n = self._gw_refs.get(key, 0)
+            self._gw_refs[key] = n + 1
+            if n == 0 and key not in self._gw_via:
+                via = self.resolver.resolve(*key)
+                self._gw_via[key] = via
+                if via is None:
+                    self._tell(key, False)
+
+    def _unref(self, version: int, hops: Hops) -> None:
+        hkey = (version, id(hops))
+        n = self._refs[hkey] - 1
+        if n:
+            self._refs[hkey] = n
+            return
+        del self._refs[hkey]
+        del self._by_key[hkey]
+        for key in _gateways(version, hops):
+            left = self._gw_refs[key] - 1
+            if left:
+                self._gw_refs[key] = left
                 continue
-            key = (route.version, hop.gateway)
-            users = self._gw_users.setdefault(key, set())
-            if add:
-                users.add(route.prefix)
-                if key not in self._gw_via:
-                    via = self.resolver.resolve(*key)
-                    self._gw_via[key] = via
-                    if via is None:
-                        self._tell(key, False)
-            else:
-                users.discard(route.prefix)
-                if not users:
-                    del self._gw_users[key]
-                    if key not in self._watched:
-                        self._gw_via.pop(key, None)
+            del self._gw_refs[key]
+            if key not in self._watched:
+                self._gw_via.pop(key, None)
 
     def _tell(self, key: tuple[int, int], reachable: bool) -> None:
         state = "reachable" if reachable else "unreachable"
@@ -489,8 +662,9 @@ class FibManager:
 
     def _recheck_gateways(self, *, requeue: bool = True) -> None:
         assert self.resolver is not None
+        self._resolver_changed()
+        moved: set[tuple[int, int]] = set()
         for key in list(self._gw_via):
-            users = self._gw_users.get(key, ())
             via = self.resolver.resolve(*key)
             before = self._gw_via.get(key)
             if via == before:
@@ -498,10 +672,20 @@ class FibManager:
             self._gw_via[key] = via
             if (via is None) != (before is None):
                 self._tell(key, via is not None)
-            if requeue:
-                for prefix in users:
-                    if prefix not in self._pending:
-                        self._queue(prefix, _RECHECK)
+            if key in self._gw_refs:
+                moved.add(key)
+        if not requeue or not moved:
+            return
+        # Rare (a gateway moved): find the prefixes through it with one pass over desired.
+        affected = {
+            hkey
+            for hkey, hops in self._by_key.items()
+            if any(k in moved for k in _gateways(hkey[0], hops))
+        }
+        pending = self._pending
+        for prefix, hops in self.desired.items():
+            if (prefix[0], id(hops)) in affected and prefix not in pending:
+                self._queue(prefix, _RECHECK)
 
     # -- kernel events -----------------------------------------------------------------------
 
@@ -512,6 +696,7 @@ class FibManager:
             self._kick()
         elif isinstance(event, LinkEvent):
             if self.resolver is not None and self.resolver.link_changed(event.index, event.up):
+                self._resolver_changed()
                 self._gateways_dirty = True
                 self._kick()
             before = self._link_up.get(event.index)
@@ -534,10 +719,11 @@ class FibManager:
             kr.table == MAIN_TABLE
             and resolver is not None
             and resolver.route_changed(kr, event.deleted)
-            and self._gw_via
         ):
-            self._gateways_dirty = True
-            self._kick()
+            self._resolver_changed()
+            if self._gw_via:
+                self._gateways_dirty = True
+                self._kick()
         if kr.table != self.fib.table:
             return
         prefix = kr.prefix
@@ -547,19 +733,18 @@ class FibManager:
             if event.deleted:
                 if prefix in self.installed:
                     self.installed.pop(prefix)
-                    self.fib.ours.discard(prefix)
                     self._queue_repair(prefix)
             else:
                 have = self.installed.get(prefix)
-                if have is None or kr.route is None or not same_route(have, kr.route):
-                    self.installed[prefix] = kr.route
-                    self.fib.ours.add(prefix)
+                got = self._intern_route(kr.route)
+                if have is None or got is None or not same_hops(have, got):
+                    self.installed[prefix] = got
                     self._queue_repair(prefix)
             return
         entries = self.foreign.setdefault(prefix, [])
-        entries[:] = [e for e in entries if e != (kr.protocol, kr.metric)]
+        entries[:] = [e for e in entries if e[:2] != (kr.protocol, kr.metric)]
         if not event.deleted:
-            entries.append((kr.protocol, kr.metric))
+            entries.append((kr.protocol, kr.metric, kr.kind))
             if prefix in self.desired:
                 c = Conflict(prefix, kr.protocol, kr.metric, kr.kind)
                 if prefix not in self.conflicts:
@@ -568,7 +753,6 @@ class FibManager:
             if prefix in self.installed and kr.metric == self.fib.kernel_metric(prefix[0]):
                 # An IPv4 replace by someone else overwrote ours without a delete event.
                 self.installed.pop(prefix)
-                self.fib.ours.discard(prefix)
         else:
             if not entries:
                 del self.foreign[prefix]
@@ -580,6 +764,11 @@ class FibManager:
         if prefix not in self._pending:
             self._queue(prefix, _RECHECK)
             self._repairing.add(prefix)
+
+
+def _gateways(version: int, hops: Hops) -> list[tuple[int, int]]:
+    """(version, gateway) of the hops that need resolving (a gateway without a device)."""
+    return [(version, h.gateway) for h in hops if h.gateway is not None and h.device is None]
 
 
 def manager_from_config(

@@ -11,7 +11,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from bgpd.fib.types import (
@@ -241,6 +241,57 @@ def pack_delroute(prefix: Prefix, ctx: RouteContext, seq: int, *, ack: bool = Fa
     return (
         _header(RTM_DELROUTE, flags, seq, prefix[0], prefix, ctx, RT_SCOPE_NOWHERE, 0, 0, len(body))
         + body
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """One kind of route message (version, next hops, flags) with only its sequence number,
+    prefix length and destination left open: a bulk write packs each route with one call,
+    ``pack_from``, instead of rebuilding the same header and next hops every time."""
+
+    pack: Callable[..., bytes]
+    head: bytes  # nlmsg_len, nlmsg_type, nlmsg_flags
+    family: int
+    middle: bytes  # the rest of rtmsg, RTA_TABLE and the RTA_DST header
+    alen: int
+    body: bytes  # the attributes after RTA_DST
+
+
+def _template(dummy: bytes, version: int, body: bytes) -> Template:
+    alen = 4 if version == 4 else 16
+    st = struct.Struct(f"=8sI4xBB22s{alen}s{len(body)}s")
+    return Template(st.pack, dummy[:8], FAMILY[version], dummy[18:40], alen, body)
+
+
+def newroute_template(
+    version: int, paths: PathBytes, ctx: RouteContext, *, replace: bool
+) -> Template:
+    """The Template of ``pack_newroute`` (without ack) for routes of ``version`` whose next
+    hops pack to ``paths``."""
+    flags = NLM_F_REQUEST | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    body, scope, rtype, rtflags = paths
+    dummy = _header(
+        RTM_NEWROUTE, flags, 0, version, (version, 0, 0), ctx, scope, rtype, rtflags, len(body)
+    )
+    return _template(dummy, version, body)
+
+
+def delroute_template(version: int, ctx: RouteContext) -> Template:
+    """The Template of ``pack_delroute`` (without ack) for ``version``."""
+    body = RTATTR.pack(8, RTA_PRIORITY) + U32.pack(ctx.metric) if ctx.metric else b""
+    dummy = _header(
+        RTM_DELROUTE, NLM_F_REQUEST, 0, version, (version, 0, 0), ctx, RT_SCOPE_NOWHERE, 0, 0,
+        len(body),
+    )  # fmt: skip
+    return _template(dummy, version, body)
+
+
+def pack_from(t: Template, seq: int, prefix: Prefix) -> bytes:
+    """The message of Template ``t`` for ``prefix``: the same bytes as pack_newroute or
+    pack_delroute (without ack) would give."""
+    return t.pack(
+        t.head, seq, t.family, prefix[2], t.middle, prefix[1].to_bytes(t.alen, "big"), t.body
     )
 
 

@@ -1,7 +1,8 @@
 """NetlinkFib: the kernel writer. Hand-packed route messages, hundreds per sendmsg, acks after.
 
-Only the last message of each batch asks for an ack; the kernel still answers every failed
-one with an NLMSG_ERROR carrying its sequence number, which maps the error back to its route.
+No route asks for an ack (a no-op at the end of each batch does); the kernel still answers
+every failed one with an NLMSG_ERROR carrying its sequence number, which maps the error back
+to its route. Messages are packed from one template per next-hop set.
 Dumps and the route/link monitor parse with messages.py, skipping other tables early: at 100k+
 routes that is what keeps a dump or a burst of echoed events cheap (docs/fib.md has numbers).
 """
@@ -15,7 +16,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -24,11 +25,11 @@ from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.types import (
     DEFAULT_PROTOCOL,
     MAIN_TABLE,
+    Hops,
     KernelRoute,
-    NextHop,
     Prefix,
-    Route,
     RouteError,
+    route_of,
 )
 
 T = TypeVar("T")
@@ -76,21 +77,33 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def attach_echo_filter(sock: socket.socket, protocol: int) -> ctypes.Array[ctypes.c_char]:
-    """Drop RTM_NEWROUTE messages of ``protocol`` in the kernel, before they are queued.
+def attach_echo_filter(
+    sock: socket.socket, protocol: int, writer_portid: int = 0
+) -> ctypes.Array[ctypes.c_char]:
+    """Drop, in the kernel before they are queued, RTM_NEWROUTE messages of ``protocol`` and
+    every route message caused by our writer socket (``writer_portid``: the kernel puts the
+    requester's port id in each notification's nlmsg_pid).
 
-    Every route we write comes back on the monitor; at 100k+ routes, receiving and skipping
-    them in Python cost more than writing them. Deletions of ours still get through (they
-    are what the monitor repairs). Returns the filter buffer, which must outlive the socket.
+    Every route we write or delete comes back on the monitor; at 100k+ routes, receiving and
+    skipping them in Python cost more than writing them. Deletions of ours by anyone else
+    still get through (they are what the monitor repairs). Returns the filter buffer, which
+    must outlive the socket.
     """
-    ld_b, jeq, ret = 0x30, 0x15, 0x06  # BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET
+    ld_b, ld_w, jeq, ret = 0x30, 0x20, 0x15, 0x06  # BPF_LD|BPF_{B,W}|BPF_ABS, JEQ|K, RET
+    # Word loads read network byte order; nlmsg_pid is in ours.
+    pid = int.from_bytes(struct.pack("=I", writer_portid), "big") if writer_portid else 0
     prog = [
-        (ld_b, 0, 0, 4),  # low byte of nlmsg_type (rtnetlink types fit in one byte)
-        (jeq, 0, 3, m.RTM_NEWROUTE),  # not a new route: accept
-        (ld_b, 0, 0, m.NLMSGHDR.size + 5),  # rtm_protocol
-        (jeq, 0, 1, protocol),
-        (ret, 0, 0, 0),  # ours: drop
-        (ret, 0, 0, 0xFFFFFFFF),  # accept
+        (ld_b, 0, 0, 4),  # 0: low byte of nlmsg_type (rtnetlink types fit in one byte)
+        (jeq, 1, 0, m.RTM_NEWROUTE),  # 1: -> 3
+        (jeq, 0, 6, m.RTM_DELROUTE),  # 2: not a route message: accept
+        (ld_w, 0, 0, 12),  # 3: nlmsg_pid
+        (jeq, 5, 0, pid if pid else 0xFFFFFFFF),  # 4: our writer's doing: drop
+        (ld_b, 0, 0, 4),  # 5
+        (jeq, 0, 2, m.RTM_NEWROUTE),  # 6: a deletion by someone else: accept
+        (ld_b, 0, 0, m.NLMSGHDR.size + 5),  # 7: rtm_protocol
+        (jeq, 1, 0, protocol),  # 8: a route of ours (re)written by someone: drop
+        (ret, 0, 0, 0xFFFFFFFF),  # 9: accept
+        (ret, 0, 0, 0),  # 10: drop
     ]
     code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
     buf = ctypes.create_string_buffer(code, len(code))
@@ -146,7 +159,8 @@ class NetlinkFib(Fib):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fib-writer")
         self.links: dict[str, int] = {}
         self.ifnames: dict[int, str] = {}
-        self._paths: dict[tuple[int, tuple[NextHop, ...], bool], m.PathBytes] = {}
+        self._templates: dict[tuple[int, Hops, bool], m.Template] = {}
+        self._del_templates = {v: m.delroute_template(v, self.ctx) for v in (4, 6)}
         self._links_stale = False
         self.link_up: dict[int, bool] = {}  # as of the last device dump
         # Counters, exported as metrics by whoever owns us.
@@ -189,7 +203,7 @@ class NetlinkFib(Fib):
 
     def refresh_links(self) -> None:
         """Re-read device names and indexes (a write naming an unknown device does this)."""
-        self._paths.clear()  # packed next hops hold ifindexes
+        self._templates.clear()  # packed next hops hold ifindexes
         links: dict[str, int] = {}
         seq = self._next_seq()
         for mtype, buf, start, end in self._dump_request(m.pack_link_dump(seq), seq):
@@ -242,83 +256,98 @@ class NetlinkFib(Fib):
     # -- writes ------------------------------------------------------------------------------
 
     async def _write(
-        self, writes: list[tuple[Route, bool]], deletes: list[Prefix]
+        self, writes: list[tuple[Prefix, Hops, bool]], deletes: list[Prefix]
     ) -> list[RouteError]:
         errors: list[RouteError] = []
-        ops: list[tuple[str, Route | None, Prefix]] = [
-            ("replace" if replace else "add", route, route.prefix) for route, replace in writes
-        ]
-        ops.extend(("delete", None, prefix) for prefix in deletes)
         loop = asyncio.get_running_loop()
-        for i in range(0, len(ops), self.batch):
-            # sendmsg runs the kernel's inserts in our thread: one that resizes a big fib trie
-            # node held the loop for 0.6 s at 500k routes. In the writer thread the loop (and
-            # the keepalives) go on; the owner task awaits, so the socket has one user.
-            batch = ops[i : i + self.batch]
-            errors.extend(await loop.run_in_executor(self._thread, self.write_batch, batch))
+        step = self.batch
+        # sendmsg runs the kernel's inserts in our thread: one that resizes a big fib trie
+        # node held the loop for 0.6 s at 500k routes. In the writer thread the loop (and
+        # the keepalives) go on; the owner task awaits, so the socket has one user.
+        for i in range(0, len(writes), step):
+            chunk = writes[i : i + step]
+            errors.extend(await loop.run_in_executor(self._thread, self.write_batch, chunk, ()))
+        for i in range(0, len(deletes), step):
+            chunk2 = deletes[i : i + step]
+            errors.extend(await loop.run_in_executor(self._thread, self.write_batch, (), chunk2))
         return errors
 
-    def write_batch(self, ops: list[tuple[str, Route | None, Prefix]]) -> list[RouteError]:
-        """Send one sendmsg of messages and collect their errors, each naming its route."""
+    def _template(self, version: int, hops: Hops, replace: bool) -> m.Template | RouteError:
+        """The message template for routes with ``hops``, or the error every such route gets
+        (a device that does not exist even after re-reading the devices)."""
+        key = (version, hops, replace)
+        found = self._templates.get(key)
+        if found is not None:
+            return found
+        route = route_of((version, 0, 0), hops)
+        try:
+            try:
+                paths = m.pack_paths(route, self.ctx, self.links)
+            except m.PackError:
+                self.refresh_links()  # a device (re)created since the last read
+                paths = m.pack_paths(route, self.ctx, self.links)
+        except m.PackError as exc:
+            return RouteError((version, 0, 0), "replace" if replace else "add", exc.errno, str(exc))
+        if len(self._templates) >= 4096:
+            self._templates.clear()
+        made = self._templates[key] = m.newroute_template(version, paths, self.ctx, replace=replace)
+        return made
+
+    def write_batch(
+        self, writes: Sequence[tuple[Prefix, Hops, bool]], deletes: Sequence[Prefix]
+    ) -> list[RouteError]:
+        """Send one sendmsg of messages and collect their errors, each naming its route.
+
+        Message k has sequence number seq0 + k (writes first, then deletes); a final no-op
+        asks for the only ack, so no route pays for one, yet we know when the kernel is done.
+        The kernel answers every failed message with an NLMSG_ERROR carrying its number.
+        """
         errors: list[RouteError] = []
         parts: list[bytes] = []
-        sent: list[tuple[str, Route | None, Prefix]] = []
         if self._links_stale:
             self._links_stale = False
             self.refresh_links()
-        seq0 = self._next_seq(len(ops))
-        last = len(ops) - 1
-        refreshed = False
-        cache = self._paths
-        for i, (op, route, prefix) in enumerate(ops):
-            seq = seq0 + len(sent)
-            try:
-                if route is None:
-                    parts.append(m.pack_delroute(prefix, self.ctx, seq, ack=i == last))
-                else:
-                    key = (route.prefix[0], route.nexthops, route.blackhole)
-                    paths = cache.get(key)
-                    if paths is None:
-                        try:
-                            paths = m.pack_paths(route, self.ctx, self.links)
-                        except m.PackError:
-                            if refreshed:
-                                raise
-                            refreshed = True
-                            self.refresh_links()
-                            paths = m.pack_paths(route, self.ctx, self.links)
-                        if len(cache) >= 4096:
-                            cache.clear()
-                        cache[key] = paths
-                    parts.append(
-                        m.pack_newroute(
-                            route,
-                            self.ctx,
-                            seq,
-                            self.links,
-                            replace=op == "replace",
-                            ack=i == last,
-                            paths=paths,
-                        )
-                    )
-            except m.PackError as exc:
-                errors.append(RouteError(prefix, op, exc.errno, str(exc), route))
+        n = len(writes) + len(deletes)
+        seq0 = self._next_seq(n + 1)
+        append = parts.append
+        to_bytes = int.to_bytes
+        last_hops: Hops | None = None
+        last_version, last_replace = 0, False
+        t: m.Template | RouteError | None = None
+        for k, (prefix, hops, replace) in enumerate(writes):
+            # Routes in a slice mostly share one interned Hops: skip the lookup (and the
+            # tuple hash it needs) while it stays the same.
+            if hops is not last_hops or prefix[0] != last_version or replace != last_replace:
+                last_hops, last_version, last_replace = hops, prefix[0], replace
+                t = self._template(prefix[0], hops, replace)
+            if isinstance(t, RouteError):
+                errors.append(RouteError(prefix, t.op, t.errno, t.message, route_of(prefix, hops)))
                 continue
-            sent.append((op, route, prefix))
-        if not sent:
+            assert t is not None
+            append(
+                t.pack(
+                    t.head, seq0 + k, t.family, prefix[2], t.middle,
+                    to_bytes(prefix[1], t.alen, "big"), t.body,
+                )
+            )  # fmt: skip
+        base = len(writes)
+        dels = self._del_templates
+        for k, prefix in enumerate(deletes, base):
+            t = dels[prefix[0]]
+            append(
+                t.pack(
+                    t.head, seq0 + k, t.family, prefix[2], t.middle,
+                    to_bytes(prefix[1], t.alen, "big"), t.body,
+                )
+            )  # fmt: skip
+        if not parts:
             self.netlink_errors += len(errors)
             return errors
-        # The message that asks for the ack may have been dropped by a pack error: ask on a
-        # final no-op instead, so we always know when the kernel is done with the batch.
-        ack_seq = seq0 + len(sent) - 1
-        if len(sent) < len(ops) and sent:
-            ack_seq = seq0 + len(sent)
-            parts.append(
-                m.NLMSGHDR.pack(16, m.NLMSG_NOOP, m.NLM_F_REQUEST | m.NLM_F_ACK, ack_seq, 0)
-            )
+        ack_seq = seq0 + n
+        append(m.NLMSGHDR.pack(16, m.NLMSG_NOOP, m.NLM_F_REQUEST | m.NLM_F_ACK, ack_seq, 0))
         self.sock.send(b"".join(parts))
         self.sendmsg_calls += 1
-        self.messages_sent += len(sent)
+        self.messages_sent += len(parts) - 1
         done = False
         while not done:
             try:
@@ -327,19 +356,25 @@ class NetlinkFib(Fib):
                 if exc.errno != errno.ENOBUFS:
                     raise
                 # Errors were dropped: we cannot say which routes failed, so say all may have.
+                why = "ack lost (ENOBUFS); resync needed"
                 errors.extend(
-                    RouteError(p, op, errno.ENOBUFS, "ack lost (ENOBUFS); resync needed", r)
-                    for op, r, p in sent
+                    RouteError(p, "replace" if r else "add", errno.ENOBUFS, why, route_of(p, h))
+                    for p, h, r in writes
                 )
+                errors.extend(RouteError(p, "delete", errno.ENOBUFS, why) for p in deletes)
                 break
             for mtype, flags, seq, start, end in m.iter_messages(buf):
                 if mtype != m.NLMSG_ERROR:
                     continue
                 code, text = m.parse_error(buf, start, end, flags)
                 k = seq - seq0
-                if code and 0 <= k < len(sent):
-                    op, route, prefix = sent[k]
-                    errors.append(RouteError(prefix, op, code, text, route))
+                if code and 0 <= k < n:
+                    if k < base:
+                        prefix, hops, replace = writes[k]
+                        op = "replace" if replace else "add"
+                        errors.append(RouteError(prefix, op, code, text, route_of(prefix, hops)))
+                    else:
+                        errors.append(RouteError(deletes[k - base], "delete", code, text))
                     if code == errno.ENODEV:
                         self._links_stale = True  # a device was recreated under a new index
                 if seq == ack_seq:
@@ -360,7 +395,7 @@ class NetlinkFib(Fib):
             rcvbuf=64 << 20,
         )
         sock.setblocking(False)
-        self._filter = attach_echo_filter(sock, self.protocol)
+        self._filter = attach_echo_filter(sock, self.protocol, self.sock.getsockname()[0])
         loop = asyncio.get_running_loop()
         tables = {self.table, MAIN_TABLE}
 
@@ -411,7 +446,7 @@ class NetlinkFib(Fib):
                 index, name, up = m.parse_link(buf, start, end)
                 removed = mtype == m.RTM_DELLINK
                 if removed or self.links.get(name, index) != index:
-                    self._paths.clear()
+                    self._templates.clear()
                 if removed:
                     self.links.pop(name, None)
                     self.ifnames.pop(index, None)

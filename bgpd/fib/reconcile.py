@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bgpd.fib.types import KernelRoute, NextHop, Prefix, Route, prefix_str
+from bgpd.fib.types import Hops, KernelRoute, NextHop, Prefix, Route, hops_of, prefix_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +46,21 @@ def hop_matches(want: NextHop, have: NextHop) -> bool:
     return want.device is None or want.device == have.device
 
 
-def same_route(want: Route, have: Route | None) -> bool:
-    """True if the kernel's ``have`` already is ``want`` (no write needed)."""
-    if have is None or want.prefix != have.prefix or want.blackhole != have.blackhole:
+def same_hops(want: Hops, have: Hops | None) -> bool:
+    """True if a route of ours with ``have`` already is one with ``want`` (() = blackhole)."""
+    if have is None:
         return False
-    if len(want.nexthops) != len(have.nexthops):
+    if want is have:
+        return True
+    if len(want) != len(have):
         return False
-    if len(want.nexthops) == 1:
-        return hop_matches(want.nexthops[0], have.nexthops[0])
-    if all(w.device is not None for w in want.nexthops):
-        return all(hop_matches(w, h) for w, h in zip(want.nexthops, have.nexthops))
+    if len(want) == 1:
+        return hop_matches(want[0], have[0])
+    if all(w.device is not None for w in want):
+        return all(hop_matches(w, h) for w, h in zip(want, have))
     # Device-less hops sort differently once the kernel names their device: match as a set.
-    left = list(have.nexthops)
-    for w in want.nexthops:
+    left = list(have)
+    for w in want:
         for i, h in enumerate(left):
             if hop_matches(w, h):
                 del left[i]
@@ -66,6 +68,13 @@ def same_route(want: Route, have: Route | None) -> bool:
         else:
             return False
     return True
+
+
+def same_route(want: Route, have: Route | None) -> bool:
+    """True if the kernel's ``have`` already is ``want`` (no write needed)."""
+    if have is None or want.prefix != have.prefix or want.blackhole != have.blackhole:
+        return False
+    return same_hops(hops_of(want), hops_of(have))
 
 
 STEP = 5000  # items between the pauses of plan_steps

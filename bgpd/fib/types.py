@@ -145,6 +145,22 @@ class Route:
         return f"{prefix_str(self.prefix)} " + " nexthop ".join(hops)
 
 
+# A route's paths without its prefix: sorted, deduplicated next hops, or () for a blackhole
+# (a Route has next hops exactly when it is not a blackhole). The FIB keeps one interned Hops
+# per distinct next-hop set, not one Route per prefix: 500k prefixes share a handful.
+Hops = tuple[NextHop, ...]
+
+
+def hops_of(route: Route) -> Hops:
+    """The Hops of ``route`` (() for a blackhole)."""
+    return () if route.blackhole else route.nexthops
+
+
+def route_of(prefix: Prefix, hops: Hops) -> Route:
+    """The Route at ``prefix`` with ``hops`` (() is a blackhole)."""
+    return Route(prefix, hops, blackhole=not hops)
+
+
 @dataclass(frozen=True, slots=True)
 class KernelRoute:
     """A route as a kernel dump or event shows it, with who owns it.

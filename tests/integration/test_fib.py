@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from bgpd.fib.base import RouteEvent
 from bgpd.fib.manager import FibManager
 from bgpd.fib.netlink import NetlinkFib
 from bgpd.fib.types import NextHop, Route, parse_addr, parse_prefix
@@ -484,4 +485,33 @@ async def test_every_error_in_a_batch_is_mapped_to_its_route(lab):
     assert {net_text(r.prefix) for r in good} <= set(installed)
     assert "10.244.201.0/26" not in installed and "10.244.200.0/26" not in installed
     assert fib.netlink_errors == 3
+    fib.close()
+
+
+async def test_the_monitor_hears_no_echo_of_our_writes_but_hears_others(lab):
+    """Each route we write or delete comes back on the monitor socket; a socket filter drops
+    those of our writer in the kernel (at 500k routes, parsing them cost more than writing),
+    while a deletion of ours by anyone else, and others' routes, still arrive."""
+    ns = host(lab)
+    fib = NetlinkFib(PROTO, netns=ns.name)
+    events: list = []
+    close = fib.monitor(events.append)
+    ours = [route(f"10.244.{i >> 2}.{(i & 3) << 6}/26", "198.18.0.2") for i in range(1000)]
+    assert await fib.apply(ours, []) == []
+    assert await fib.apply([], [r.prefix for r in ours[1:]]) == []
+    ns.ip("route", "del", "10.244.0.0/26", "proto", str(PROTO))  # the one left, by hand
+    ns.ip("route", "add", "10.250.0.0/24", "via", "198.18.0.7", "proto", "static")
+
+    def routes_seen() -> list:
+        return [e.route for e in events if isinstance(e, RouteEvent) and e.route.table == 254]
+
+    await wait_until(
+        lambda: any(kr.prefix == parse_prefix("10.250.0.0/24") for kr in routes_seen()),
+        timeout=10,
+        what="the static route's event",
+    )
+    mine = [kr for kr in routes_seen() if kr.protocol == PROTO]
+    assert [kr.prefix for kr in mine] == [parse_prefix("10.244.0.0/26")], mine[:5]
+    assert [e.deleted for e in events if isinstance(e, RouteEvent) and e.route in mine] == [True]
+    close()
     fib.close()

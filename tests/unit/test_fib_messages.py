@@ -151,6 +151,30 @@ def test_delroute_names_only_our_protocol_and_metric(prefix, ctx, seq):
     assert msg.get_attr("RTA_GATEWAY") is None and msg.get_attr("RTA_MULTIPATH") is None
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    route=routes(),
+    others=st.lists(prefixes(), max_size=3),
+    ctx=contexts,
+    seq=st.integers(1, 0x7FFFFFFF),
+    replace=st.booleans(),
+)
+def test_a_template_packs_the_same_bytes_as_the_packer_for_every_prefix(
+    route, others, ctx, seq, replace
+):
+    """The bulk writer packs each route from one template per next-hop set; every byte must
+    be what pack_newroute/pack_delroute (checked against pyroute2 above) would send."""
+    version = route.prefix[0]
+    tpl = m.newroute_template(version, m.pack_paths(route, ctx, LINKS), ctx, replace=replace)
+    dels = m.delroute_template(version, ctx)
+    for prefix in [route.prefix, *(p for p in others if p[0] == version)]:
+        same = Route(prefix, route.nexthops, route.blackhole)
+        assert m.pack_from(tpl, seq, prefix) == m.pack_newroute(
+            same, ctx, seq, LINKS, replace=replace
+        )
+        assert m.pack_from(dels, seq, prefix) == m.pack_delroute(prefix, ctx, seq)
+
+
 def test_ipip_route_golden_bytes():
     """`10.244.2.0/26 via 198.18.0.2 dev tunl0 onlink proto 80`, laid out by hand from
     linux/rtnetlink.h: this kernel has no IPIP, so the bytes are the test."""

@@ -20,6 +20,9 @@ class RecordingFib:
     def update(self, route: Route) -> None:
         self.wanted[route.prefix] = route
 
+    def want(self, prefix, hops) -> None:
+        self.wanted[prefix] = Route(prefix, hops, blackhole=not hops)
+
     def withdraw(self, prefix) -> None:
         self.wanted[prefix] = None
 
