@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -577,11 +577,72 @@ def decode_attributes(
 Entry = tuple[int, int, int, int, int]  # flags, type, header offset, value start, value end
 
 
+_MANDATORY_V4 = frozenset({ATTR_ORIGIN, ATTR_AS_PATH, ATTR_NEXT_HOP})
+_NO_MP: tuple[None, None, str, tuple[str, ...]] = (None, None, ACTION_NONE, ())
+
+
 def decode_attribute_field(
     buf: bytes, ctx: CodecContext, ipv4_nlri: bool, cache: AttrCache | None
 ) -> tuple[PathAttributes, MpReach | None, MpUnreach | None, str, tuple[str, ...]]:
     """decode_attributes as a plain tuple (attrs, mp_reach, mp_unreach, action, diagnostics):
-    the UPDATE hot path, without building an AttributeBlock."""
+    the UPDATE hot path, without building an AttributeBlock.
+
+    The fast path walks the headers only, and serves a well-formed field without MP
+    attributes straight from the cache: no entry list, no scratch state (fewer objects for the
+    collector, which walks a large RIB). Everything else takes the general path.
+    """
+    if cache is None:
+        return _decode_field(buf, ctx, ipv4_nlri, cache)
+    end = len(buf)
+    med_at = lp_at = -1
+    i = 0
+    while i < end:
+        flags = buf[i]
+        vstart = i + 4 if flags & FLAG_EXTENDED_LENGTH else i + 3
+        if vstart > end:
+            break
+        alen = (buf[i + 2] << 8) | buf[i + 3] if flags & FLAG_EXTENDED_LENGTH else buf[i + 2]
+        vend = vstart + alen
+        if vend > end:
+            break
+        atype = buf[i + 1]
+        if atype == ATTR_MED:
+            if alen == 4 and med_at < 0:
+                med_at = vstart
+        elif atype == ATTR_LOCAL_PREF:
+            if alen == 4 and lp_at < 0:
+                lp_at = vstart
+        elif atype in _MP_TYPES:
+            break
+        i = vend
+    if i == end:
+        hit = cache._tables[ctx.asn4].get(_cache_key(buf, (), False, med_at, lp_at))
+        # A set lacking a mandatory attribute needs its diagnostics: the general path.
+        if hit is not None and (hit[3] or not ipv4_nlri):
+            cache.hits += 1
+            return (_from_hit(hit, buf, med_at, lp_at), *_NO_MP)
+    return _decode_field(buf, ctx, ipv4_nlri, cache)
+
+
+def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int) -> PathAttributes:
+    """The cached set with this UPDATE's MED/LOCAL_PREF: the template, the last variant made
+    from it when that matches, or a new variant."""
+    attrs = hit[0]
+    med = attrs.med if med_at < 0 else int.from_bytes(buf[med_at : med_at + 4], "big")
+    lp = attrs.local_pref if lp_at < 0 else int.from_bytes(buf[lp_at : lp_at + 4], "big")
+    if attrs.med == med and attrs.local_pref == lp:
+        return attrs
+    last = hit[2]
+    if last.med == med and last.local_pref == lp:
+        return last
+    attrs = hit[2] = _vary(attrs, med, lp)
+    return attrs
+
+
+def _decode_field(
+    buf: bytes, ctx: CodecContext, ipv4_nlri: bool, cache: AttrCache | None
+) -> tuple[PathAttributes, MpReach | None, MpUnreach | None, str, tuple[str, ...]]:
+    """The general path: every RFC 7606 case, MP attributes, and filling the cache."""
     end = len(buf)
     st = _State()
     # Pass 1: split into entries; note the MP attributes and where the MED/LOCAL_PREF values
@@ -655,20 +716,16 @@ def decode_attribute_field(
             cache.misses += 1
         else:
             cache.hits += 1
-            attrs, seen, last = hit
-            med = attrs.med if med_at < 0 else int.from_bytes(buf[med_at : med_at + 4], "big")
-            lp = attrs.local_pref if lp_at < 0 else int.from_bytes(buf[lp_at : lp_at + 4], "big")
-            if attrs.med != med or attrs.local_pref != lp:
-                if last.med == med and last.local_pref == lp:
-                    attrs = last
-                else:
-                    attrs = hit[2] = _vary(attrs, med, lp)
+            attrs = _from_hit(hit, buf, med_at, lp_at)
+            seen = hit[1]
 
     if attrs is None:
         attrs, seen = _decode_entries(buf, entries, ctx, st)
         if table is not None and st.action == ACTION_NONE:
             attrs.asns()  # once here, shared by every MED variant of this set
-            cache._put(table, key, [attrs, seen, attrs])  # type: ignore[union-attr]
+            # [template, attribute types present, last variant, has ORIGIN/AS_PATH/NEXT_HOP]
+            entry = [attrs, seen, attrs, seen >= _MANDATORY_V4]
+            cache._put(table, key, entry)  # type: ignore[union-attr]
 
     mp_reach: MpReach | None = None
     mp_unreach: MpUnreach | None = None
@@ -690,7 +747,9 @@ def decode_attribute_field(
     return attrs, mp_reach, mp_unreach, st.action, tuple(st.diags) if st.diags else ()
 
 
-def _cache_key(buf: bytes, entries: list[Entry], has_mp: bool, med_at: int, lp_at: int) -> bytes:
+def _cache_key(
+    buf: bytes, entries: Sequence[Entry], has_mp: bool, med_at: int, lp_at: int
+) -> bytes:
     """The non-MP attribute bytes without the 4-octet MED and LOCAL_PREF values.
 
     Unambiguous: the headers stay, and which values are missing follows from them (the first
@@ -702,6 +761,8 @@ def _cache_key(buf: bytes, entries: list[Entry], has_mp: bool, med_at: int, lp_a
             return buf if med_at < 0 else buf[:med_at] + buf[med_at + 4 :]
         if med_at < 0:
             return buf[:lp_at] + buf[lp_at + 4 :]
+        a, b = (med_at, lp_at) if med_at < lp_at else (lp_at, med_at)
+        return buf[:a] + buf[a + 4 : b] + buf[b + 4 :]
     cut = (med_at, lp_at)
     parts = []
     for _, _, off, vstart, vend in entries:
