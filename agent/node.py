@@ -139,16 +139,17 @@ def neighbor_config(
 ) -> NeighborConfig:
     """The daemon's neighbor for one computed session.
 
-    Between two of our nodes only the lower address connects, as Calico's BIRD mesh does
-    (`passive on` toward a higher address): nodes start together, and although the FSM
-    settles crossed connections (RFC 4271 §6.8), a collision can still cost one reset when
-    one side is already Established on the connection the other rules out. One opener has
-    no collision at all.
+    Between two nodes only the higher address connects, exactly as Calico's BIRD mesh does
+    (`passive on` toward a higher address), so that a routemesh node and a Calico node in
+    one mesh during a migration agree on who dials. Nodes start together, and although the
+    FSM settles crossed connections (RFC 4271 §6.8), a collision can still cost one reset
+    when one side is already Established on the connection the other rules out. One opener
+    has no collision at all.
     """
     family: Family = IPV6_UNICAST if ":" in spec.address else IPV4_UNICAST
     passive = False
     if spec.node is not None and local is not None and (":" in local) == (":" in spec.address):
-        passive = ipaddress.ip_address(local) > ipaddress.ip_address(spec.address)
+        passive = ipaddress.ip_address(spec.address) > ipaddress.ip_address(local)
     return NeighborConfig(
         passive=passive,
         address=spec.address,
@@ -352,6 +353,9 @@ class NodeRunner:
             listen_port=topo.listen_port,
             control_socket=str(opts.socket_path),
             hold_time=opts.hold_time,
+            # Nodes boot in any order; a peer not yet listening must not push our next
+            # attempt a minute away (Calico's BIRD mesh retries every 5 s).
+            connect_retry_max=5.0,
             hostname=opts.name,
             cluster_id=topo.cluster_id,
             multipath=8,

@@ -72,6 +72,8 @@ class GlobalConfig:
     control_socket: str = DEFAULT_CONTROL_SOCKET
     hold_time: int = 90
     connect_retry: float = 2.0
+    # Attempts back off (doubling) from connect_retry up to this.
+    connect_retry_max: float = 60.0
     next_hop_ipv4: str | None = None
     next_hop_ipv6: str | None = None
     hostname: str = ""
@@ -365,6 +367,9 @@ def _global(source: str, table: Any) -> GlobalConfig:
     retry = chk.get("connect-retry", (int, float), 2.0)
     if retry <= 0:
         chk.fail("connect-retry", "must be positive")
+    retry_max = chk.get("connect-retry-max", (int, float), max(60.0, float(retry)))
+    if retry_max < retry:
+        chk.fail("connect-retry-max", "must not be below connect-retry")
     gl = GlobalConfig(
         asn=chk.integer("asn", 1, 4294967295, required=True),
         router_id=router_id,
@@ -373,6 +378,7 @@ def _global(source: str, table: Any) -> GlobalConfig:
         control_socket=chk.get("control-socket", str, DEFAULT_CONTROL_SOCKET),
         hold_time=hold,
         connect_retry=float(retry),
+        connect_retry_max=float(retry_max),
         next_hop_ipv4=chk.address("next-hop-ipv4"),
         next_hop_ipv6=chk.address("next-hop-ipv6"),
         hostname=chk.get("hostname", str, ""),

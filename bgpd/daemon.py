@@ -220,6 +220,7 @@ class Daemon:
             passive=nb.passive,
             hold_time=nb.hold_time if nb.hold_time is not None else gl.hold_time,
             connect_retry=gl.connect_retry,
+            connect_retry_max=gl.connect_retry_max,
             add_path=add_path,
             hostname=gl.hostname,
             graceful_restart=nb.graceful_restart,

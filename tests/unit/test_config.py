@@ -16,6 +16,7 @@ listen-port = 1790
 control-socket = "/tmp/rm-test.sock"
 hold-time = 9
 connect-retry = 1
+connect-retry-max = 7
 
 [[neighbor]]
 address = "198.18.0.2"
@@ -58,6 +59,13 @@ BAD: list[tuple[str, str, str, str, str]] = [
         "at least 3",
     ),
     ("asn-zero", "asn = 64512", "asn = 0", "global.asn", "between 1 and 4294967295"),
+    (
+        "retry-max-below-retry",
+        "connect-retry-max = 7",
+        "connect-retry-max = 0.5",
+        "global.connect-retry-max",
+        "below connect-retry",
+    ),
     ("asn-string", "asn = 64512", 'asn = "64512"', "global.asn", "must be an integer"),
     ("passive-int", "passive = true", "passive = 1", "neighbor[1].passive", "boolean"),
     (
@@ -97,6 +105,7 @@ def test_good_config_parses_every_key() -> None:
         1790,
     )
     assert (gl.control_socket, gl.hold_time, gl.connect_retry) == ("/tmp/rm-test.sock", 9, 1.0)
+    assert gl.connect_retry_max == 7.0
     a, b = cfg.neighbors
     assert (a.address, a.remote_asn, a.families, a.passive, a.port) == (
         "198.18.0.2",
