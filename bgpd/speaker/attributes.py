@@ -1,24 +1,20 @@
-"""UPDATE path attributes: the attribute registry, decode/encode, RFC 7606 error handling, RFC 6793 AS4."""
+"""UPDATE path attributes: PathAttributes, the attribute registry with its value codecs, the
+encoder, and RFC 6793 AS4 path merging. Decoding a whole attribute field is attrdecode.py."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.errors import (
-    ATTRIBUTE_FLAGS_ERROR,
     ATTRIBUTE_LENGTH_ERROR,
     INVALID_NEXT_HOP_ATTRIBUTE,
     INVALID_ORIGIN_ATTRIBUTE,
     MALFORMED_AS_PATH,
-    MALFORMED_ATTRIBUTE_LIST,
     OPTIONAL_ATTRIBUTE_ERROR,
-    UNRECOGNIZED_WELLKNOWN_ATTRIBUTE,
-    UPDATE_MESSAGE_ERROR,
-    NotificationError,
 )
 from bgpd.speaker.nlri import decode_prefixes
 from bgpd.speaker.types import AFI_IPV4, AFI_IPV6, NLRI, Family
@@ -59,12 +55,11 @@ AS_CONFED_SEQUENCE = 3
 AS_CONFED_SET = 4
 AS_TRANS = 23456
 
-# RFC 7606 approaches, weakest first; when several errors occur the strongest one wins (§3 g).
+# RFC 7606 approaches, weakest first (attrdecode.py picks the strongest when several apply).
 ACTION_NONE = "none"
 ACTION_DISCARD = "attribute-discard"
 ACTION_WITHDRAW = "treat-as-withdraw"
 ACTION_RESET = "session-reset"
-_STRENGTH = {ACTION_NONE: 0, ACTION_DISCARD: 1, ACTION_WITHDRAW: 2, ACTION_RESET: 3}
 
 AsPath = tuple[tuple[int, tuple[int, ...]], ...]
 
@@ -118,31 +113,6 @@ class PathAttributes:
 
 
 EMPTY_ATTRIBUTES = PathAttributes()
-# Field order of PathAttributes' constructor; the decoder fills a list in this order.
-_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PathAttributes) if f.init)
-_DEFAULTS: tuple[object, ...] = tuple(getattr(EMPTY_ATTRIBUTES, f) for f in _FIELDS)
-_SLOT: dict[str, int] = {f: i for i, f in enumerate(_FIELDS)}
-
-
-def _vary(t: PathAttributes, med: int | None, local_pref: int | None) -> PathAttributes:
-    """t with another MED/LOCAL_PREF, built positionally (replace() walks fields(): 2x slower)."""
-    new = PathAttributes(
-        t.origin,
-        t.as_path,
-        t.next_hop,
-        med,
-        local_pref,
-        t.atomic_aggregate,
-        t.aggregator,
-        t.communities,
-        t.originator_id,
-        t.cluster_list,
-        t.ext_communities,
-        t.large_communities,
-        t.unknown,
-    )
-    object.__setattr__(new, "_asns", t._asns)
-    return new
 
 
 def _path_count(path: AsPath) -> int:
@@ -159,21 +129,7 @@ MpReach = tuple[Family, tuple[int, ...], list[NLRI]]
 MpUnreach = tuple[Family, list[NLRI]]
 
 
-@dataclass(frozen=True, slots=True)
-class AttributeBlock:
-    """Everything decoded from an UPDATE's attribute field, with the RFC 7606 outcome.
-
-    action is ACTION_NONE, ACTION_WITHDRAW or ACTION_DISCARD; session resets are raised.
-    """
-
-    attrs: PathAttributes
-    mp_reach: MpReach | None = None
-    mp_unreach: MpUnreach | None = None
-    action: str = ACTION_NONE
-    diagnostics: tuple[str, ...] = ()
-
-
-class _Malformed(Exception):
+class Malformed(Exception):
     """Raised by a value decoder; the registry row decides what RFC 7606 does with it."""
 
     def __init__(self, subcode: int, reason: str) -> None:
@@ -187,29 +143,29 @@ class _Malformed(Exception):
 
 def _dec_origin(value: bytes, ctx: CodecContext) -> int:
     if len(value) != 1:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 1")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 1")
     if value[0] > ORIGIN_INCOMPLETE:
-        raise _Malformed(INVALID_ORIGIN_ATTRIBUTE, f"undefined value {value[0]}")
+        raise Malformed(INVALID_ORIGIN_ATTRIBUTE, f"undefined value {value[0]}")
     return value[0]
 
 
 def parse_as_path(value: bytes, asn_size: int) -> AsPath:
-    """Segments of an AS_PATH/AS4_PATH; raises _Malformed per RFC 7606 §7.2."""
+    """Segments of an AS_PATH/AS4_PATH; raises Malformed per RFC 7606 §7.2."""
     segs = []
     i = 0
     end = len(value)
     fmt = "!%dI" if asn_size == 4 else "!%dH"
     while i < end:
         if i + 2 > end:
-            raise _Malformed(MALFORMED_AS_PATH, f"segment header truncated at offset {i}")
+            raise Malformed(MALFORMED_AS_PATH, f"segment header truncated at offset {i}")
         seg_type, count = value[i], value[i + 1]
         if seg_type not in (AS_SET, AS_SEQUENCE, AS_CONFED_SEQUENCE, AS_CONFED_SET):
-            raise _Malformed(MALFORMED_AS_PATH, f"segment type {seg_type} at offset {i}")
+            raise Malformed(MALFORMED_AS_PATH, f"segment type {seg_type} at offset {i}")
         if count == 0:
-            raise _Malformed(MALFORMED_AS_PATH, f"empty segment at offset {i}")
+            raise Malformed(MALFORMED_AS_PATH, f"empty segment at offset {i}")
         j = i + 2 + count * asn_size
         if j > end:
-            raise _Malformed(MALFORMED_AS_PATH, f"segment at offset {i} overruns by {j - end}")
+            raise Malformed(MALFORMED_AS_PATH, f"segment at offset {i} overruns by {j - end}")
         segs.append((seg_type, struct.unpack_from(fmt % count, value, i + 2)))
         i = j
     return tuple(segs)
@@ -228,43 +184,41 @@ _MARTIAN_FIRST_OCTETS = frozenset({0, 127}) | frozenset(range(224, 256))
 
 def _dec_next_hop(value: bytes, ctx: CodecContext) -> int:
     if len(value) != 4:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 4")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 4")
     # RFC 4271 §6.3 / RFC 7606 §7.3: a syntactically impossible host address is malformed.
     if value[0] in _MARTIAN_FIRST_OCTETS:
-        raise _Malformed(
-            INVALID_NEXT_HOP_ATTRIBUTE, f"martian next hop {'.'.join(map(str, value))}"
-        )
+        raise Malformed(INVALID_NEXT_HOP_ATTRIBUTE, f"martian next hop {'.'.join(map(str, value))}")
     return int.from_bytes(value, "big")
 
 
 def _dec_u32(value: bytes, ctx: CodecContext) -> int:
     if len(value) != 4:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 4")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 4")
     return int.from_bytes(value, "big")
 
 
 def _dec_atomic(value: bytes, ctx: CodecContext) -> bool:
     if value:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 0")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 0")
     return True
 
 
 def _dec_aggregator(value: bytes, ctx: CodecContext) -> tuple[int, int]:
     size = 4 if ctx.asn4 else 2
     if len(value) != size + 4:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected {size + 4}")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected {size + 4}")
     return int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
 
 
 def _dec_as4_aggregator(value: bytes, ctx: CodecContext) -> tuple[int, int]:
     if len(value) != 8:
-        raise _Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 8")
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)}, expected 8")
     return int.from_bytes(value[:4], "big"), int.from_bytes(value[4:], "big")
 
 
 def _u32_list(value: bytes, what: str) -> tuple[int, ...]:
     if not value or len(value) % 4:
-        raise _Malformed(
+        raise Malformed(
             ATTRIBUTE_LENGTH_ERROR, f"{what} length {len(value)} not a non-zero multiple of 4"
         )
     return struct.unpack(f"!{len(value) // 4}I", value)
@@ -280,15 +234,13 @@ def _dec_cluster_list(value: bytes, ctx: CodecContext) -> tuple[int, ...]:
 
 def _dec_ext_communities(value: bytes, ctx: CodecContext) -> tuple[bytes, ...]:
     if not value or len(value) % 8:
-        raise _Malformed(
-            ATTRIBUTE_LENGTH_ERROR, f"length {len(value)} not a non-zero multiple of 8"
-        )
+        raise Malformed(ATTRIBUTE_LENGTH_ERROR, f"length {len(value)} not a non-zero multiple of 8")
     return tuple(value[i : i + 8] for i in range(0, len(value), 8))
 
 
 def _dec_large_communities(value: bytes, ctx: CodecContext) -> tuple[tuple[int, int, int], ...]:
     if not value or len(value) % 12:
-        raise _Malformed(
+        raise Malformed(
             ATTRIBUTE_LENGTH_ERROR, f"length {len(value)} not a non-zero multiple of 12"
         )
     flat = struct.unpack(f"!{len(value) // 4}I", value)
@@ -306,13 +258,11 @@ def _mp_nlri_supported(fam: Family) -> bool:
 
 def _dec_mp_reach(value: bytes, ctx: CodecContext) -> MpReach | None:
     if len(value) < 5:
-        raise _Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"MP_REACH_NLRI length {len(value)} < 5")
+        raise Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"MP_REACH_NLRI length {len(value)} < 5")
     fam = _mp_family(value)
     nhlen = value[3]
     if 5 + nhlen > len(value):
-        raise _Malformed(
-            OPTIONAL_ATTRIBUTE_ERROR, f"next-hop length {nhlen} overruns the attribute"
-        )
+        raise Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"next-hop length {nhlen} overruns the attribute")
     if not _mp_nlri_supported(fam):
         return None
     nh = value[4 : 4 + nhlen]
@@ -322,9 +272,7 @@ def _dec_mp_reach(value: bytes, ctx: CodecContext) -> MpReach | None:
         # 32 bytes = global + link-local (RFC 2545); IPv4 NLRI may use these per RFC 8950.
         hops = tuple(int.from_bytes(nh[i : i + 16], "big") for i in range(0, nhlen, 16))
     else:
-        raise _Malformed(
-            OPTIONAL_ATTRIBUTE_ERROR, f"next-hop length {nhlen} invalid for {fam.name}"
-        )
+        raise Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"next-hop length {nhlen} invalid for {fam.name}")
     # The reserved octet (old SNPA count) is ignored, as RFC 4760 asks.
     nlri = decode_prefixes(value[5 + nhlen :], fam.afi, fam in ctx.addpath_rx)
     return fam, hops, nlri
@@ -332,7 +280,7 @@ def _dec_mp_reach(value: bytes, ctx: CodecContext) -> MpReach | None:
 
 def _dec_mp_unreach(value: bytes, ctx: CodecContext) -> MpUnreach | None:
     if len(value) < 3:
-        raise _Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"MP_UNREACH_NLRI length {len(value)} < 3")
+        raise Malformed(OPTIONAL_ATTRIBUTE_ERROR, f"MP_UNREACH_NLRI length {len(value)} < 3")
     fam = _mp_family(value)
     if not _mp_nlri_supported(fam):
         return None
@@ -464,7 +412,7 @@ ATTRIBUTE_TABLE: dict[int, AttrSpec] = {
     ),
 }
 
-_MP_TYPES = (ATTR_MP_REACH_NLRI, ATTR_MP_UNREACH_NLRI)
+MP_TYPES = (ATTR_MP_REACH_NLRI, ATTR_MP_UNREACH_NLRI)
 
 
 def attribute_name(type_code: int) -> str:
@@ -503,385 +451,6 @@ def merge_as4_path(as_path: AsPath, as4_path: AsPath) -> AsPath:
         as4 = as4[1:]
     out.extend(as4)
     return tuple(out)
-
-
-# --- the decoder --------------------------------------------------------------------------------
-
-
-class AttrCache:
-    """Interns PathAttributes for one session by their raw bytes (MP attributes excluded).
-
-    The key leaves out the value of the first 4-octet MED and LOCAL_PREF: feeds that give
-    every prefix its own MED (one UPDATE per prefix) then decode the rest of the set once, and
-    each UPDATE pays only for its MED. An entry holds the set decoded first (the template), the
-    attribute types it had, and the last variant made from it, so that UPDATEs with identical
-    bytes share one object and the RIB can compare attribute sets by identity first.
-    Cleared wholesale when full.
-    """
-
-    def __init__(self, maxsize: int = 65536) -> None:
-        self.maxsize = maxsize
-        self.hits = 0
-        self.misses = 0
-        # One table per AS-number size: the same bytes mean different paths under asn4 or not.
-        self._tables: tuple[dict[bytes, list], dict[bytes, list]] = ({}, {})
-
-    def __len__(self) -> int:
-        return len(self._tables[0]) + len(self._tables[1])
-
-    def clear(self) -> None:
-        for table in self._tables:
-            table.clear()
-
-    def _put(self, table: dict[bytes, list], key: bytes, entry: list) -> None:
-        if len(table) >= self.maxsize:
-            table.clear()
-        table[key] = entry
-
-
-def _reset(subcode: int, reason: str, data: bytes = b"") -> NotificationError:
-    return NotificationError(UPDATE_MESSAGE_ERROR, subcode, data, reason)
-
-
-class _State:
-    """Mutable scratch for one decode: outcome and diagnostics accumulate here."""
-
-    __slots__ = ("action", "diags")
-
-    def __init__(self) -> None:
-        self.action = ACTION_NONE
-        self.diags: list[str] = []
-
-    def fail(self, action: str, text: str) -> None:
-        if _STRENGTH[action] > _STRENGTH[self.action]:
-            self.action = action
-        self.diags.append(f"{action}: {text}")
-
-
-def decode_attributes(
-    data: bytes | memoryview,
-    ctx: CodecContext,
-    *,
-    ipv4_nlri: bool = False,
-    cache: AttrCache | None = None,
-) -> AttributeBlock:
-    """Decode an UPDATE's Path Attributes field under RFC 7606.
-
-    ipv4_nlri says the UPDATE's classic NLRI field is non-empty, which makes NEXT_HOP mandatory.
-    Session-reset errors raise NotificationError; weaker outcomes come back in `action`.
-    Offsets in diagnostics are relative to the start of the attribute field.
-    """
-    return AttributeBlock(*decode_attribute_field(bytes(data), ctx, ipv4_nlri, cache))
-
-
-Entry = tuple[int, int, int, int, int]  # flags, type, header offset, value start, value end
-
-
-_MANDATORY_V4 = frozenset({ATTR_ORIGIN, ATTR_AS_PATH, ATTR_NEXT_HOP})
-_NO_MP: tuple[None, None, str, tuple[str, ...]] = (None, None, ACTION_NONE, ())
-
-
-def decode_attribute_field(
-    buf: bytes, ctx: CodecContext, ipv4_nlri: bool, cache: AttrCache | None
-) -> tuple[PathAttributes, MpReach | None, MpUnreach | None, str, tuple[str, ...]]:
-    """decode_attributes as a plain tuple (attrs, mp_reach, mp_unreach, action, diagnostics):
-    the UPDATE hot path, without building an AttributeBlock.
-
-    The fast path walks the headers only, and serves a well-formed field without MP
-    attributes straight from the cache: no entry list, no scratch state (fewer objects for the
-    collector, which walks a large RIB). Everything else takes the general path.
-    """
-    if cache is None:
-        return _decode_field(buf, ctx, ipv4_nlri, cache)
-    end = len(buf)
-    med_at = lp_at = -1
-    i = 0
-    while i < end:
-        flags = buf[i]
-        vstart = i + 4 if flags & FLAG_EXTENDED_LENGTH else i + 3
-        if vstart > end:
-            break
-        alen = (buf[i + 2] << 8) | buf[i + 3] if flags & FLAG_EXTENDED_LENGTH else buf[i + 2]
-        vend = vstart + alen
-        if vend > end:
-            break
-        atype = buf[i + 1]
-        if atype == ATTR_MED:
-            if alen == 4 and med_at < 0:
-                med_at = vstart
-        elif atype == ATTR_LOCAL_PREF:
-            if alen == 4 and lp_at < 0:
-                lp_at = vstart
-        elif atype in _MP_TYPES:
-            break
-        i = vend
-    if i == end:
-        hit = cache._tables[ctx.asn4].get(_cache_key(buf, (), False, med_at, lp_at))
-        # A set lacking a mandatory attribute needs its diagnostics: the general path.
-        if hit is not None and (hit[3] or not ipv4_nlri):
-            cache.hits += 1
-            return (_from_hit(hit, buf, med_at, lp_at), *_NO_MP)
-    return _decode_field(buf, ctx, ipv4_nlri, cache)
-
-
-def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int) -> PathAttributes:
-    """The cached set with this UPDATE's MED/LOCAL_PREF: the template, the last variant made
-    from it when that matches, or a new variant."""
-    attrs = hit[0]
-    med = attrs.med if med_at < 0 else int.from_bytes(buf[med_at : med_at + 4], "big")
-    lp = attrs.local_pref if lp_at < 0 else int.from_bytes(buf[lp_at : lp_at + 4], "big")
-    if attrs.med == med and attrs.local_pref == lp:
-        return attrs
-    last = hit[2]
-    if last.med == med and last.local_pref == lp:
-        return last
-    attrs = hit[2] = _vary(attrs, med, lp)
-    return attrs
-
-
-def _decode_field(
-    buf: bytes, ctx: CodecContext, ipv4_nlri: bool, cache: AttrCache | None
-) -> tuple[PathAttributes, MpReach | None, MpUnreach | None, str, tuple[str, ...]]:
-    """The general path: every RFC 7606 case, MP attributes, and filling the cache."""
-    end = len(buf)
-    st = _State()
-    # Pass 1: split into entries; note the MP attributes and where the MED/LOCAL_PREF values
-    # sit (the cache key leaves those out).
-    entries: list[Entry] = []
-    append = entries.append
-    mp_entries: list[Entry] | None = None
-    med_at = lp_at = -1
-    overrun = False
-    i = 0
-    while i < end:
-        flags = buf[i]
-        if flags & FLAG_EXTENDED_LENGTH:
-            vstart = i + 4
-            if vstart > end:
-                st.fail(ACTION_WITHDRAW, f"attribute header truncated at offset {i} (RFC 7606 §4)")
-                overrun = True
-                break
-            alen = (buf[i + 2] << 8) | buf[i + 3]
-        else:
-            vstart = i + 3
-            if vstart > end:
-                st.fail(ACTION_WITHDRAW, f"attribute header truncated at offset {i} (RFC 7606 §4)")
-                overrun = True
-                break
-            alen = buf[i + 2]
-        atype = buf[i + 1]
-        vend = vstart + alen
-        if vend > end:
-            st.fail(
-                ACTION_WITHDRAW,
-                f"{attribute_name(atype)} at offset {i} length {alen} overruns the "
-                f"attribute field by {vend - end} (RFC 7606 §4)",
-            )
-            overrun = True
-            break
-        entry = (flags, atype, i, vstart, vend)
-        if atype == ATTR_MED:
-            if alen == 4 and med_at < 0:
-                med_at = vstart
-        elif atype == ATTR_LOCAL_PREF:
-            if alen == 4 and lp_at < 0:
-                lp_at = vstart
-        elif atype in _MP_TYPES:
-            if mp_entries is None:
-                mp_entries = []
-            mp_entries.append(entry)
-            i = vend
-            continue
-        append(entry)
-        i = vend
-
-    if mp_entries is not None and len(mp_entries) > 1:
-        for t in _MP_TYPES:
-            hits = [e for e in mp_entries if e[1] == t]
-            if len(hits) > 1:
-                raise _reset(
-                    MALFORMED_ATTRIBUTE_LIST,
-                    f"{attribute_name(t)} repeated at offset {hits[1][2]} (RFC 7606 §3 g)",
-                )
-
-    attrs: PathAttributes | None = None
-    seen: frozenset[int] = frozenset()
-    table: dict[bytes, list] | None = None
-    key = b""
-    if cache is not None and not overrun:
-        table = cache._tables[ctx.asn4]
-        key = _cache_key(buf, entries, mp_entries is not None, med_at, lp_at)
-        hit = table.get(key)
-        if hit is None:
-            cache.misses += 1
-        else:
-            cache.hits += 1
-            attrs = _from_hit(hit, buf, med_at, lp_at)
-            seen = hit[1]
-
-    if attrs is None:
-        attrs, seen = _decode_entries(buf, entries, ctx, st)
-        if table is not None and st.action == ACTION_NONE:
-            attrs.asns()  # once here, shared by every MED variant of this set
-            # [template, attribute types present, last variant, has ORIGIN/AS_PATH/NEXT_HOP]
-            entry = [attrs, seen, attrs, seen >= _MANDATORY_V4]
-            cache._put(table, key, entry)  # type: ignore[union-attr]
-
-    mp_reach: MpReach | None = None
-    mp_unreach: MpUnreach | None = None
-    if mp_entries is not None:
-        mp_reach, mp_unreach = _decode_mp(buf, mp_entries, ctx, st)
-
-    if overrun and not ipv4_nlri and mp_entries is None:
-        # RFC 7606 §3 j and §5: treat-as-withdraw needs the NLRI located; with a broken list and
-        # no NLRI we cannot know what an unparsed MP_REACH would have carried.
-        raise _reset(MALFORMED_ATTRIBUTE_LIST, "; ".join(st.diags) or "attribute list overrun")
-    if not overrun and (ipv4_nlri or (mp_reach is not None and mp_reach[2])):
-        # RFC 7606 §3 d: a missing well-known attribute is treat-as-withdraw, not a reset.
-        if ATTR_ORIGIN not in seen:
-            st.fail(ACTION_WITHDRAW, "missing well-known ORIGIN")
-        if ATTR_AS_PATH not in seen:
-            st.fail(ACTION_WITHDRAW, "missing well-known AS_PATH")
-        if ipv4_nlri and ATTR_NEXT_HOP not in seen:
-            st.fail(ACTION_WITHDRAW, "missing well-known NEXT_HOP")
-    return attrs, mp_reach, mp_unreach, st.action, tuple(st.diags) if st.diags else ()
-
-
-def _cache_key(
-    buf: bytes, entries: Sequence[Entry], has_mp: bool, med_at: int, lp_at: int
-) -> bytes:
-    """The non-MP attribute bytes without the 4-octet MED and LOCAL_PREF values.
-
-    Unambiguous: the headers stay, and which values are missing follows from them (the first
-    MED and the first LOCAL_PREF whose length field says 4), so equal keys mean the attribute
-    fields differ in those values only.
-    """
-    if not has_mp:
-        if lp_at < 0:
-            return buf if med_at < 0 else buf[:med_at] + buf[med_at + 4 :]
-        if med_at < 0:
-            return buf[:lp_at] + buf[lp_at + 4 :]
-        a, b = (med_at, lp_at) if med_at < lp_at else (lp_at, med_at)
-        return buf[:a] + buf[a + 4 : b] + buf[b + 4 :]
-    cut = (med_at, lp_at)
-    parts = []
-    for _, _, off, vstart, vend in entries:
-        parts.append(buf[off:vstart] if vstart in cut else buf[off:vend])
-    return b"".join(parts)
-
-
-def _decode_entries(
-    buf: bytes, entries: list[Entry], ctx: CodecContext, st: _State
-) -> tuple[PathAttributes, frozenset[int]]:
-    """The non-MP attributes into a PathAttributes; RFC 7606 outcomes go to st."""
-    vals = list(_DEFAULTS)
-    unknown: list[tuple[int, int, bytes]] = []
-    as4_path: AsPath | None = None
-    as4_aggr: tuple[int, int] | None = None
-    have_as_path = False
-    seen_set: set[int] = set()
-    for flags, atype, off, vstart, vend in entries:
-        if atype in seen_set:
-            # RFC 7606 §3 g: keep the first, drop the rest, carry on.
-            st.fail(ACTION_DISCARD, f"duplicate {attribute_name(atype)} at offset {off} discarded")
-            continue
-        seen_set.add(atype)
-        spec = ATTRIBUTE_TABLE.get(atype)
-        value = buf[vstart:vend]
-        if spec is None:
-            if not flags & FLAG_OPTIONAL:
-                raise _reset(
-                    UNRECOGNIZED_WELLKNOWN_ATTRIBUTE,
-                    f"unrecognized well-known attribute {atype} at offset {off}",
-                    buf[off:vend],
-                )
-            if flags & FLAG_TRANSITIVE:
-                unknown.append((flags & (OPTIONAL_TRANSITIVE | FLAG_PARTIAL), atype, value))
-            continue  # unknown optional non-transitive: quietly dropped (RFC 4271 §5)
-        if flags & OPTIONAL_TRANSITIVE != spec.flags:
-            # RFC 7606 §3 c: conflicting Optional/Transitive bits make the attribute malformed.
-            st.fail(spec.action, f"{spec.name} at offset {off}: flags 0x{flags:02x} conflict")
-            continue
-        try:
-            decoded = spec.decode(value, ctx)
-        except _Malformed as exc:
-            st.fail(spec.action, f"{spec.name} at offset {off}: {exc.reason}")
-            continue
-        if atype == ATTR_AS4_PATH:
-            as4_path = decoded  # type: ignore[assignment]
-        elif atype == ATTR_AS4_AGGREGATOR:
-            as4_aggr = decoded  # type: ignore[assignment]
-        else:
-            vals[_SLOT[spec.field]] = decoded  # type: ignore[index]
-            if atype == ATTR_AS_PATH:
-                have_as_path = True
-    if as4_path is not None or as4_aggr is not None:
-        _apply_as4(vals, as4_path, as4_aggr, ctx, st, have_as_path)
-    if unknown:
-        vals[_SLOT["unknown"]] = tuple(unknown)
-    attrs = PathAttributes(*vals)  # type: ignore[arg-type]
-    if attrs == EMPTY_ATTRIBUTES:
-        attrs = EMPTY_ATTRIBUTES  # one object, so UPDATE decoding can test by identity
-    return attrs, frozenset(seen_set)
-
-
-def _decode_mp(
-    buf: bytes, mp_entries: list[Entry], ctx: CodecContext, st: _State
-) -> tuple[MpReach | None, MpUnreach | None]:
-    mp_reach: MpReach | None = None
-    mp_unreach: MpUnreach | None = None
-    for flags, atype, off, vstart, vend in mp_entries:
-        spec = ATTRIBUTE_TABLE[atype]
-        if flags & OPTIONAL_TRANSITIVE != spec.flags:
-            raise _reset(
-                ATTRIBUTE_FLAGS_ERROR,
-                f"{spec.name} at offset {off}: flags 0x{flags:02x} conflict",
-                buf[off:vend],
-            )
-        try:
-            decoded = spec.decode(buf[vstart:vend], ctx)
-        except _Malformed as exc:
-            # RFC 7606 §3 j / RFC 4760 §7: without the MP NLRI we cannot withdraw; reset.
-            raise _reset(
-                OPTIONAL_ATTRIBUTE_ERROR, f"{spec.name} at offset {off}: {exc.reason}"
-            ) from None
-        except NotificationError as exc:
-            raise NotificationError(
-                exc.code, exc.subcode, exc.data, f"{spec.name} at offset {off}: {exc.reason}"
-            ) from None
-        if decoded is None:
-            st.diags.append(f"{spec.name} at offset {off}: unsupported family ignored")
-        elif atype == ATTR_MP_REACH_NLRI:
-            mp_reach = decoded  # type: ignore[assignment]
-        else:
-            mp_unreach = decoded  # type: ignore[assignment]
-    return mp_reach, mp_unreach
-
-
-_AS_PATH_SLOT = _SLOT["as_path"]
-_AGGREGATOR_SLOT = _SLOT["aggregator"]
-
-
-def _apply_as4(
-    vals: list[object],
-    as4_path: AsPath | None,
-    as4_aggr: tuple[int, int] | None,
-    ctx: CodecContext,
-    st: _State,
-    have_as_path: bool,
-) -> None:
-    if ctx.asn4:
-        # RFC 6793 §4.1: a NEW speaker ignores AS4_* from another NEW speaker.
-        st.fail(ACTION_DISCARD, "AS4_PATH/AS4_AGGREGATOR from a 4-octet peer discarded")
-        return
-    aggr = vals[_AGGREGATOR_SLOT]
-    if aggr is not None and aggr[0] != AS_TRANS:  # type: ignore[index]
-        # §4.2.3: the AGGREGATOR came from a NEW speaker, so AS4_* are stale: ignore both.
-        return
-    if as4_aggr is not None and aggr is not None:
-        vals[_AGGREGATOR_SLOT] = as4_aggr
-    if as4_path is not None and have_as_path:
-        vals[_AS_PATH_SLOT] = merge_as4_path(vals[_AS_PATH_SLOT], as4_path)  # type: ignore[arg-type]
 
 
 # --- the encoder --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from bgpd.speaker.attrdecode import AttrCache, decode_attribute_field
 from bgpd.speaker.attributes import (
     ACTION_WITHDRAW,
     AS_TRANS,
@@ -12,9 +13,7 @@ from bgpd.speaker.attributes import (
     ATTR_MP_UNREACH_NLRI,
     EMPTY_ATTRIBUTES,
     FLAG_OPTIONAL,
-    AttrCache,
     PathAttributes,
-    decode_attribute_field,
     encode_attribute,
     encode_attributes,
     encode_attributes_around,

@@ -8,13 +8,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgpd.speaker.attributes import (
-    AttrCache,
-    PathAttributes,
-    _vary,
-    decode_attributes,
-    encode_attributes,
-)
+from bgpd.speaker.attrdecode import AttrCache, _vary, decode_attributes
+from bgpd.speaker.attributes import PathAttributes, encode_attributes
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.errors import NotificationError
 from bgpd.speaker.messages import decode_message, encode_updates, split_messages

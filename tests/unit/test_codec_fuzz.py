@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgpd.speaker.attributes import AttrCache, PathAttributes
+from bgpd.speaker.attrdecode import AttrCache
+from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.capabilities import AddPath, FourOctetAS, GracefulRestart, Hostname, Multiprotocol
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.errors import NotificationError

@@ -8,10 +8,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bgpd.speaker.attrdecode import decode_attributes
 from bgpd.speaker.attributes import (
     ATTRIBUTE_TABLE,
     PathAttributes,
-    decode_attributes,
     encode_attributes,
 )
 from bgpd.speaker.capabilities import (
