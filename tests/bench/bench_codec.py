@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
+from bgpd.speaker.attrdecode import AttrCache
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.messages import decode_message, encode_updates
@@ -15,6 +17,7 @@ from bgpd.speaker.nlri import decode_prefixes, encode_prefixes
 from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST
 
 PREFIXES_PER_UPDATE = 500
+UNIQUE_UPDATES = 20000  # one prefix per UPDATE, each with its own MED (the ingest-unique feed)
 
 
 def _rate(fn: Callable[[], object], items: int, min_time: float = 0.5) -> float:
@@ -76,6 +79,50 @@ def _exabgp():
     return decode_nlri, encode_nlri, decode_update, encode_update
 
 
+def _unique_bodies(ctx: CodecContext, attrs: PathAttributes) -> list[bytes]:
+    out = []
+    for i in range(UNIQUE_UPDATES):
+        nlri = [(0x64400000 + (i << 3), 29, 0)]
+        (wire,) = encode_updates(ctx, IPV4_UNICAST, replace(attrs, med=i), nlri, (0xC6120001,))
+        out.append(wire[19:])
+    return out
+
+
+def _cpu_per_item(fn: Callable[[], object], items: int, repeat: int = 5) -> float:
+    """Best CPU seconds per item over `repeat` runs (CPU time: the machine is shared)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best / items
+
+
+def unique_updates(exa_decode_update: Callable[[bytes], object]) -> None:
+    """One attribute set per UPDATE: what the per-session AttrCache saves, and exabgp's cost."""
+    ctx = CodecContext()
+    attrs = PathAttributes(origin=0, as_path=((2, (65001,)),))
+    bodies = _unique_bodies(ctx, attrs)
+    n = len(bodies)
+    caches: list[AttrCache] = []
+
+    def ours(cached: bool) -> None:
+        cache = AttrCache() if cached else None
+        for body in bodies:
+            decode_message(2, body, ctx, cache)
+        if cache is not None:
+            caches.append(cache)
+
+    cached = _cpu_per_item(lambda: ours(True), n)
+    uncached = _cpu_per_item(lambda: ours(False), n)
+    exa = _cpu_per_item(lambda: [exa_decode_update(b) for b in bodies], n, repeat=2)
+    print(f"unique_update_decode_us_ours_cached: {cached * 1e6:.2f}")
+    print(f"unique_update_decode_us_ours_uncached: {uncached * 1e6:.2f}")
+    print(f"unique_update_decode_us_exabgp: {exa * 1e6:.2f}")
+    print(f"unique_update_decode_ratio_exabgp_to_ours: {exa / cached:.1f}")
+    print(f"unique_update_cache_misses: {caches[-1].misses}")
+
+
 def main() -> None:
     ctx = CodecContext(extended_message=True)  # one 500-prefix UPDATE fits either family
     attrs = PathAttributes(origin=0, as_path=((2, (65001, 65002)),), local_pref=100)
@@ -111,6 +158,7 @@ def main() -> None:
         print(f"{name}_update_encode_prefixes_per_s_ours: {ours_pack:.0f}")
         print(f"{name}_update_encode_prefixes_per_s_exabgp: {exa_pack:.0f}")
         print(f"{name}_update_encode_ratio: {ours_pack / exa_pack:.1f}")
+    unique_updates(exa_decode_update)
 
 
 if __name__ == "__main__":
