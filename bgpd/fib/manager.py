@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.nexthop import NextHopResolver
@@ -95,6 +95,8 @@ class FibManager:
         self._order: deque[Prefix] = deque()
         self._repairing: set[Prefix] = set()
         self._inflight: set[Prefix] = set()
+        # The slice being written while the next one is prepared (see _apply_slice).
+        self._flight: asyncio.Future[list[RouteError]] | None = None
         # One tuple per distinct next-hop set. Caches below are keyed by (ip version, id()) of
         # these, which stay alive here: hashing a Hops hashes each NextHop in Python, per route.
         self._interned: dict[Hops, Hops] = {(): ()}
@@ -243,6 +245,13 @@ class FibManager:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._flight is not None:
+            # The slice the kernel is being handed now: let it finish, so the writer thread
+            # is done with the socket before it closes.
+            try:
+                await self._land()
+            except (asyncio.CancelledError, Exception):
+                log.exception("fib: the last write failed at stop")
         if not self.persist:
             kernel = await self.fib.dump()
             ours = [kr.prefix for kr in kernel if kr.protocol == self.fib.protocol]
@@ -286,7 +295,10 @@ class FibManager:
                     await self._apply_slice()
                 elif self._prune_wanted:
                     self._prune_wanted = False
+                    await self._land()
                     await self._prune()
+                elif self._flight is not None:
+                    await self._land()
             except Exception:
                 # A bug or an unexpected socket error must not end FIB programming; the next
                 # scan starts from a fresh dump.
@@ -297,7 +309,11 @@ class FibManager:
 
     def _has_work(self) -> bool:
         return (
-            bool(self._pending) or self._resync_wanted or self._gateways_dirty or self._prune_wanted
+            bool(self._pending)
+            or self._resync_wanted
+            or self._gateways_dirty
+            or self._prune_wanted
+            or self._flight is not None
         )
 
     def _kick(self) -> None:
@@ -320,8 +336,14 @@ class FibManager:
     # -- writing -----------------------------------------------------------------------------
 
     async def _apply_slice(self) -> None:
+        """Turn up to ``slice_size`` queued changes into writes, then hand them to the kernel
+        and return without waiting: the next slice is prepared while the writer thread and
+        the kernel work on this one. A prefix still in flight waits for the next slice, so
+        each is decided against what the kernel really holds."""
         writes: list[tuple[Prefix, Hops, bool]] = []
         deletes: list[Prefix] = []
+        flying = self._inflight
+        deferred: list[tuple[Prefix, object]] = []
         desired, installed, pending, order = (
             self.desired,
             self.installed,
@@ -337,6 +359,9 @@ class FibManager:
         for _ in range(min(self.slice_size, len(order))):
             prefix = order.popleft()
             value = pending.pop(prefix)
+            if flying and prefix in flying:
+                deferred.append((prefix, value))
+                continue
             version = prefix[0]
             explicit = value is None
             want: Hops | None
@@ -379,8 +404,22 @@ class FibManager:
                     repairing.discard(prefix)
             else:
                 writes.append((prefix, want, have is not _ABSENT))
+        for prefix, value in deferred:
+            if prefix not in pending:
+                order.append(prefix)
+                pending[prefix] = value
+        await self._land()
         if writes or deletes:
-            await self._write(writes, deletes)
+            self._flight = asyncio.ensure_future(self._start_write(writes, deletes))
+
+    async def _land(self) -> None:
+        """Wait for the slice in flight and account for it."""
+        flight = self._flight
+        if flight is not None:
+            try:
+                await flight
+            finally:
+                self._flight = None
 
     async def _write(
         self,
@@ -391,11 +430,30 @@ class FibManager:
     ) -> list[RouteError]:
         """Apply one slice and account for it; everything a resync writes is a repair, and
         so is a write the monitor asked for."""
-        started = time.perf_counter()
-        # Echoes of these writes may arrive before write() returns; they are not news.
+        await self._land()
+        return await self._start_write(writes, deletes, resync=resync)
+
+    def _start_write(
+        self,
+        writes: list[tuple[Prefix, Hops, bool]],
+        deletes: list[Prefix],
+        *,
+        resync: bool = False,
+    ) -> Coroutine[None, None, list[RouteError]]:
+        # Echoes of these writes may arrive before write() returns; they are not news. Set
+        # now, not when the coroutine first runs: the next slice is prepared against it.
         inflight = {w[0] for w in writes}
         inflight.update(deletes)
         self._inflight = inflight
+        return self._finish_write(writes, deletes, resync, time.perf_counter())
+
+    async def _finish_write(
+        self,
+        writes: list[tuple[Prefix, Hops, bool]],
+        deletes: list[Prefix],
+        resync: bool,
+        started: float,
+    ) -> list[RouteError]:
         try:
             errors = await self.fib.write(writes, deletes)
         finally:
@@ -499,6 +557,7 @@ class FibManager:
 
     async def _resync(self) -> None:
         """Dump, diff against what we want, write the difference in slices."""
+        await self._land()  # the dump must see the slice in flight
         self.resyncs += 1
         loop = asyncio.get_running_loop()
         kernel = await self.fib.dump()
@@ -771,6 +830,12 @@ def _gateways(version: int, hops: Hops) -> list[tuple[int, int]]:
     return [(version, h.gateway) for h in hops if h.gateway is not None and h.device is None]
 
 
+# The daemon's slice, written in one sendmsg: while the RIB keeps the loop busy, the writer
+# thread waits for the GIL after each syscall (up to the 5 ms switch interval), so fewer,
+# bigger batches keep the kernel fed.
+DAEMON_SLICE = 4096
+
+
 def manager_from_config(
     section: object,
     *,
@@ -791,9 +856,11 @@ def manager_from_config(
         section.table,  # type: ignore[attr-defined]
         metric,
         netns=netns,
+        batch=DAEMON_SLICE,
     )
     return FibManager(
         fib,
+        slice_size=DAEMON_SLICE,
         persist=section.persist,  # type: ignore[attr-defined]
         scan_time=float(section.scan_time),  # type: ignore[attr-defined]
         on_reachability=on_reachability,

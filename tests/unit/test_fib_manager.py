@@ -506,3 +506,42 @@ async def test_a_route_on_its_way_to_the_kernel_costs_bytes_not_objects():
     assert len({id(gws) for gws in bridge.learned.values()}) == 1
     assert per_route < 250, f"{per_route:.0f} bytes per route"
     await mgr.stop()
+
+
+async def test_a_prefix_changed_while_its_write_is_in_flight_ends_as_last_asked():
+    """The next slice is prepared while the kernel takes the last one; a prefix of the slice
+    in flight waits for it to land, so its new route replaces ours rather than being refused
+    as a second exclusive add."""
+    first, second = r("10.244.1.0/26", "198.18.0.2"), r("10.244.1.0/26", "198.18.0.3")
+
+    class HeldFib(FakeFib):
+        """The first write stays in flight until ``gate``; as it starts, the RIB changes
+        its mind about ``first``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.on_first: list = []
+
+        async def _write(self, writes, deletes):
+            while self.on_first:
+                self.on_first.pop()()
+            await self.gate.wait()
+            return await super()._write(writes, deletes)
+
+    fake = HeldFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake, slice_size=3)
+    fake.on_first.append(lambda: mgr.update(second))
+    for route in (first, *(r(f"10.244.{i}.0/26", "198.18.0.2") for i in (2, 3, 4, 5))):
+        mgr.update(route)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert fake.batches == 0 and not fake.ours_in_kernel(), "the first slice is held"
+    fake.gate.set()
+    await mgr.settle()
+    assert fake.ours_in_kernel()[first.prefix] == second
+    assert len(fake.ours_in_kernel()) == 5
+    assert mgr.netlink_errors == 0, [str(e) for e in mgr.recent_errors]
+    assert fake.messages == 6
+    await mgr.stop()
