@@ -400,11 +400,14 @@ class Daemon:
     def _flush_peer(self, peer: Peer, fam: Family, *, only_stale: bool = False) -> int:
         table = peer.rib_in.table(fam)
         gone = [(k, p.path_id) for k, p in table.items() if p.stale or not only_stale]
-        key = peer.config.address
-        withdraw = self.loc_rib.withdraw
-        for k, path_id in gone:
+        for k, _ in gone:
             del table[k]
-            withdraw(fam, k if len(k) == 2 else (k[0], k[1]), key, path_id)
+        self.loc_rib.withdraw_many(
+            fam,
+            peer.config.address,
+            [(k if len(k) == 2 else (k[0], k[1]), path_id) for k, path_id in gone],
+            track=self._changes_wanted(peer, fam),
+        )
         if not only_stale:
             peer.rib_in.rejected.pop(fam, None)
         self._work.set()
@@ -428,12 +431,16 @@ class Daemon:
         for fam, nlri in update.withdraw.items():
             table = rib_in.table(fam)
             rejected = rib_in.rejected.get(fam)
+            gone: list[tuple[Prefix, int]] = []
             for key in nlri:
-                k = key if key[2] else (key[0], key[1])
-                if table.pop(k, None) is not None:
-                    loc.withdraw(fam, (key[0], key[1]) if key[2] else k, addr, key[2])
+                pid = key[2]
+                prefix = (key[0], key[1])
+                if table.pop(key if pid else prefix, None) is not None:
+                    gone.append((prefix, pid))
                 elif rejected:
                     rejected.discard(key)
+            if gone:
+                loc.withdraw_many(fam, addr, gone, track=self._changes_wanted(peer, fam))
         eor = update.end_of_rib()
         if eor is not None:
             self._on_eor(peer, eor)
@@ -468,7 +475,7 @@ class Daemon:
                     batch.append((prefix, path))
                 if rejected:
                     rejected.difference_update(nlri)
-                loc.update_many(fam, batch)
+                loc.update_many(fam, batch, track=self._changes_wanted(peer, fam))
                 continue
             for key in nlri:
                 pid = key[2]
@@ -487,9 +494,28 @@ class Daemon:
                 path = RibPath(src, use, nh, pid)
                 table[key if pid else prefix] = path
                 batch.append((prefix, path))
-            loc.update_many(fam, batch)
+            loc.update_many(fam, batch, track=self._changes_wanted(peer, fam))
         self._work.set()
         self._check_max_prefix(peer)
+
+    def _changes_wanted(self, peer: Peer, fam: Family) -> bool:
+        """Whether anyone must hear of Loc-RIB changes in `fam` made by `peer`'s routes now.
+
+        No: while the FIB sink waits for convergence (it is then handed the whole table), and
+        while no other peer can be sent the family and `peer` holds nothing of ours in it
+        (a peer that comes up later is sent the whole table). Then a prefix decided as it is
+        stored needs no slice of the route worker at all.
+        """
+        if self.route_sink is not None and self.converged.is_set():
+            return True
+        if not self._export_enabled:
+            return False
+        key = peer.config.address
+        for other in self.peers.values():
+            m = other.out
+            if m is not None and fam in m.policies and (m.key != key or m.rib_out.count(fam)):
+                return True
+        return False
 
     def _check_max_prefix(self, peer: Peer) -> None:
         limit = peer.config.max_prefix

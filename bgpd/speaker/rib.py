@@ -267,15 +267,20 @@ class LocRib:
     def update(self, fam: Family, prefix: Prefix, path: Path) -> None:
         self.update_many(fam, ((prefix, path),))
 
-    def update_many(self, fam: Family, items: Iterable[tuple[Prefix, Path]]) -> None:
+    def update_many(
+        self, fam: Family, items: Iterable[tuple[Prefix, Path]], *, track: bool = True
+    ) -> None:
         """Insert or replace (by source and path id) each path; one UPDATE's prefixes at once.
 
         The next-hop check runs once per distinct next hop of the batch, not once per prefix.
+        `track=False` says nobody needs to hear of these changes (no FIB yet, no peer that
+        could be sent them): prefixes decided here are then not marked dirty at all.
         """
         table = self.table(fam)
         dirty = self._dirty(fam)
         reach = self.reachable
         known: dict[int, bool] = {}
+        quiet = 0
         for prefix, path in items:
             cur = table.get(prefix)
             if cur is None or (
@@ -292,6 +297,9 @@ class LocRib:
                     if ok is None:
                         ok = known[nh[0]] = reach(fam, nh[0])
                 table[prefix] = path if ok else Destination.holding(path, False)
+                if not track:
+                    quiet += 1
+                    continue
             elif cur.__class__ is Path:
                 dest = table[prefix] = Destination.holding(cur, True)  # type: ignore[arg-type]
                 dest.add(path)
@@ -299,20 +307,42 @@ class LocRib:
                 cur.add(path)  # type: ignore[union-attr]
             if prefix not in dirty:
                 dirty[prefix] = cur
+        if quiet:
+            self.decisions[fam] = self.decisions.get(fam, 0) + quiet
 
     def withdraw(self, fam: Family, prefix: Prefix, key: str, path_id: int) -> bool:
+        return self.withdraw_many(fam, key, ((prefix, path_id),)) == 1
+
+    def withdraw_many(
+        self, fam: Family, key: str, items: Iterable[tuple[Prefix, int]], *, track: bool = True
+    ) -> int:
+        """Remove source `key`'s path of each (prefix, path id); how many were there.
+
+        `track=False` as in `update_many`: a prefix left with no path is then not marked dirty.
+        """
         table = self.tables.get(fam)
-        cur = table.get(prefix) if table is not None else None
-        if cur is None:
-            return False
-        if cur.__class__ is Path:
-            if cur.path_id != path_id or cur.source.key != key:  # type: ignore[union-attr]
-                return False
-            del table[prefix]  # type: ignore[index]
-        elif cur.remove(key, path_id) is None:  # type: ignore[union-attr]
-            return False
-        self._dirty(fam).setdefault(prefix, cur)
-        return True
+        if table is None:
+            return 0
+        dirty = self._dirty(fam)
+        done = 0
+        for prefix, path_id in items:
+            cur = table.get(prefix)
+            if cur is None:
+                continue
+            if cur.__class__ is Path:
+                if cur.path_id != path_id or cur.source.key != key:  # type: ignore[union-attr]
+                    continue
+                del table[prefix]
+                done += 1
+                if not track:
+                    continue
+            elif cur.remove(key, path_id) is None:  # type: ignore[union-attr]
+                continue
+            else:
+                done += 1
+            if prefix not in dirty:
+                dirty[prefix] = cur
+        return done
 
     def mark_all(self) -> None:
         """Re-run the decision everywhere (next-hop reachability or policy changed)."""
