@@ -41,16 +41,21 @@ def _address(version: int, value: int) -> IPAddress:
 class KernelRoutes:
     """Feeds one FibManager from the RIB; see the module docstring.
 
-    Per prefix it keeps the BGP gateways as one shared tuple of ints per distinct set, and
-    with the ``direct`` policy hands the FIB one shared next-hop set per distinct set too:
-    no address object, route or tuple is built per prefix on the way to the kernel.
+    With the ``direct`` policy it hands the FIB one shared next-hop set per distinct set of
+    gateways, and keeps nothing per prefix itself: the FIB's routes are the gateways then
+    (``learned`` only holds those hidden under a static route, and is rebuilt from the FIB
+    if another policy comes). Any other policy needs the gateways of every prefix to
+    re-derive it, and ``learned`` keeps them, one shared tuple of ints per distinct set.
+    No address object, route or tuple is built per prefix on the way to the kernel.
     """
 
     def __init__(self, fib: FibManager, forward: ForwardPolicy = direct) -> None:
         self.fib = fib
         self.forward = forward
-        # What BGP wants per prefix (its gateways), kept so a policy change can re-derive all.
+        # What BGP wants per prefix (its gateways), kept so a policy change can re-derive all;
+        # with ``direct``, only where a static route hides it (the FIB holds the rest).
         self.learned: dict[Prefix, tuple[int, ...]] = {}
+        self._keep_all = forward is not direct
         self.static: dict[Prefix, Route] = {}
         self.reachability_changed: Callable[[], None] | None = None
         self._recheck: asyncio.Handle | None = None
@@ -82,9 +87,11 @@ class KernelRoutes:
                 gateways = tuple(seen)
         if gateways:
             gateways = self._gateway_sets.setdefault(gateways, gateways)
-            self.learned[key] = gateways
-        else:
-            self.learned.pop(key, None)
+        if self._keep_all or key in self.static:
+            if gateways:
+                self.learned[key] = gateways
+            else:
+                self.learned.pop(key, None)
         self._push(key, gateways)
 
     def reachable(self, family: Family, next_hop: int) -> bool:
@@ -111,18 +118,43 @@ class KernelRoutes:
 
     def set_static(self, routes: Mapping[Prefix, Route]) -> None:
         """Routes the node wants regardless of BGP (blackholes for its blocks)."""
+        if not self._keep_all:
+            # BGP's route there goes into hiding: take its gateways back from the FIB.
+            for key in routes.keys() - self.static.keys():
+                gateways = self._from_fib(self.fib.latest_hops(key))
+                if gateways:
+                    self.learned[key] = gateways
         gone = self.static.keys() - routes.keys()
         self.static = dict(routes)
         for key in gone:
-            self._push(key)
+            gateways = self.learned.get(key, ())
+            if not self._keep_all:
+                self.learned.pop(key, None)
+            self._push(key, gateways)
         for key in routes:
             self._push(key)
 
     def set_forward(self, forward: ForwardPolicy) -> None:
         """A new forwarding policy (pools or nodes changed): re-derive every learned route."""
+        if not self._keep_all:
+            for key, hops in self.fib.latest_routes():
+                if key not in self.static:
+                    gateways = self._from_fib(hops)
+                    if gateways:
+                        self.learned[key] = gateways
         self.forward = forward
+        self._keep_all = forward is not direct
         for key in list(self.learned):
-            self._push(key)
+            self._push(key, self.learned[key])
+        if not self._keep_all:
+            self.learned = {k: v for k, v in self.learned.items() if k in self.static}
+
+    def _from_fib(self, hops: Hops | None) -> tuple[int, ...]:
+        """The gateways a ``direct`` route's next hops were made from."""
+        if not hops:
+            return ()
+        gateways = tuple(h.gateway for h in hops if h.gateway is not None)
+        return self._gateway_sets.setdefault(gateways, gateways)
 
     def _push(self, key: Prefix, gateways: tuple[int, ...] | None = None) -> None:
         if self.static:
@@ -131,7 +163,7 @@ class KernelRoutes:
                 self.fib.update(route)
                 return
         if gateways is None:
-            gateways = self.learned.get(key, ())
+            gateways = self.learned.get(key, ())  # a forward policy needs them all kept
         if not gateways:
             self.fib.withdraw(key)
             return

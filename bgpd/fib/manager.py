@@ -176,6 +176,24 @@ class FibManager:
             self._last_hops = (hops, interned)
         self._queue(prefix, interned)
 
+    def latest_hops(self, prefix: Prefix) -> Hops | None:
+        """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
+        value = self._pending.get(prefix, _RECHECK)
+        if value is _RECHECK:
+            return self.desired.get(prefix)
+        return value  # type: ignore[return-value]
+
+    def latest_routes(self) -> list[tuple[Prefix, Hops]]:
+        """(prefix, next hops) of every route last asked for, queued or applied."""
+        pending = self._pending
+        out = [(p, h) for p, h in self.desired.items() if pending.get(p, _RECHECK) is _RECHECK]
+        out.extend(
+            (p, v)  # type: ignore[misc]
+            for p, v in pending.items()
+            if v is not None and v is not _RECHECK
+        )
+        return out
+
     def withdraw(self, prefix: Prefix) -> None:
         """Want no route of ours at ``prefix``."""
         self._queue(prefix, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from bgpd.fib.types import NextHop, Route, parse_prefix
+from bgpd.fib.types import NextHop, Route, hops_of, parse_prefix
 from bgpd.kernel import KernelRoutes, direct
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.rib import Path, Source
@@ -22,6 +22,13 @@ class RecordingFib:
 
     def want(self, prefix, hops) -> None:
         self.wanted[prefix] = Route(prefix, hops, blackhole=not hops)
+
+    def latest_hops(self, prefix):
+        route = self.wanted.get(prefix)
+        return None if route is None else hops_of(route)
+
+    def latest_routes(self):
+        return [(p, hops_of(r)) for p, r in self.wanted.items() if r is not None]
 
     def withdraw(self, prefix) -> None:
         self.wanted[prefix] = None
