@@ -27,6 +27,8 @@ from bgpd.speaker.types import NLRI, Family, Prefix
 
 log = logging.getLogger("routemesh.bgpd")
 
+MERGE_SLACK = 64  # a member joins a shared table when at most this many routes differ
+
 
 @dataclass(eq=False)
 class Outbound:
@@ -259,7 +261,9 @@ def export_changes(
         empty = [v for _, v in views if not v.table.routes and not v.own]
         if not exports.reaches and len(empty) == len(views):
             continue  # nobody holds anything and nobody gets anything: the common ingest case
-        if len(empty) > 1:
+        if len(empty) < len(views):
+            _share(views, empty)
+        elif len(empty) > 1:
             # Members holding nothing hold the same thing: let them share one table from now on.
             table = SharedTable(refs=0)
             for v in empty:
@@ -270,6 +274,55 @@ def export_changes(
         for part in parts.values():
             result += _partition_diff(fam, exports, part, encoder, force)
     return result
+
+
+def _share(views: list[tuple[Outbound, View]], empty: list[View]) -> None:
+    """Move members onto the group's most shared table where that costs little to describe.
+
+    A peer that connects later fills a table of its own through its sync; without this, every
+    later change would be diffed once for it and once for everyone else. A member holding
+    nothing joins with every route of that table marked as not held (its sync then clears the
+    marks as it sends them); a member whose own table has become nearly the same joins with
+    only the differences as its own entries.
+    """
+    sizes: dict[int, int] = {}
+    tables: dict[int, SharedTable] = {}
+    for _, v in views:
+        if v.table.routes:
+            sizes[id(v.table)] = sizes.get(id(v.table), 0) + 1
+            tables[id(v.table)] = v.table
+    main = tables[max(sizes, key=sizes.__getitem__)]
+    routes = main.routes
+    for v in empty:
+        v.own = dict.fromkeys(routes, NOTHING)
+        v.attach(main)
+    # Few differences only: a table that is not nearly the same is walked in full before that
+    # shows, and sizes within reach of each other are what makes a walk worth trying.
+    slack = MERGE_SLACK
+    for _, v in views:
+        t = v.table
+        if t is main or v.own or t.refs != 1 or abs(len(t.routes) - len(routes)) > slack:
+            continue
+        if v.merge_tried == (len(t.routes), len(routes)):
+            continue  # nothing changed in size since the last look: not worth another walk
+        v.merge_tried = (len(t.routes), len(routes))
+        mine = t.routes
+        diff: dict[Prefix, Sent] = {}
+        for prefix, sent in routes.items():
+            have = mine.get(prefix, NOTHING)
+            if have is not sent and have != sent:
+                diff[prefix] = have
+                if len(diff) > slack:
+                    break
+        else:
+            for prefix, have in mine.items():
+                if prefix not in routes:
+                    diff[prefix] = have
+                    if len(diff) > slack:
+                        break
+        if len(diff) <= slack:
+            v.own = diff
+            v.attach(main)
 
 
 def _partition_diff(
@@ -370,7 +423,7 @@ def _partition_diff(
             if new:
                 routes[prefix] = new
             elif old:
-                del routes[prefix]
+                routes.pop(prefix, None)
     for v, sp in own_updates:
         own = v.own
         for prefix, want in sp.items():

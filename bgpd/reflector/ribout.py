@@ -33,12 +33,14 @@ class View:
     ADD-PATH), kept as the diffs are applied.
     """
 
-    __slots__ = ("count", "own", "table")
+    __slots__ = ("count", "merge_tried", "own", "table")
 
     def __init__(self) -> None:
         self.table = SharedTable()
         self.own: dict[Prefix, Sent] = {}
         self.count = 0
+        # (own size, shared size) when joining a shared table last failed (groups._share).
+        self.merge_tried: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.count

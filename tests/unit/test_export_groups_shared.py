@@ -144,6 +144,37 @@ def test_shared_table_costs_less_memory_than_one_per_member() -> None:
     assert fifty < 2 * one
 
 
+def test_a_peer_that_connects_later_ends_up_sharing_the_table() -> None:
+    ms = [member(n) for n in range(50, 55)]
+    src = Source("198.18.0.99", 99, 0xC6120063, ASN, False, rr_client=True)
+    rib = new_rib()
+    for i in range(300):
+        rib.update(FAM, prefix(i), Path(src, PathAttributes(origin=0), (0xC6120063,)))
+    it = AttrInterner()
+    export_changes(FAM, changes(rib), ms, LOCAL, it)
+    main = ms[0].rib_out.view(FAM).table
+
+    def whole() -> list:  # a sync's slice: the Loc-RIB as it is now
+        return [(p, rib.table(FAM)[p]) for p in map(prefix, range(300))]
+
+    # Late joiner a: a change reaches everyone before its sync; b: its sync comes first.
+    a, b = member(60), member(61)
+    rib.update(FAM, prefix(0), Path(src, PathAttributes(origin=0, med=5), (0xC6120063,)))
+    out = dict(export_changes(FAM, changes(rib), [*ms, a], LOCAL, it))
+    assert set(out) == {*ms, a} and a.rib_out.count() == 1
+    ((_, msgs),) = export_changes(FAM, whole(), [a], LOCAL, it)
+    assert len(effects(a, msgs)[1]) == 299  # the one it got already is not sent again
+    ((_, msgs),) = export_changes(FAM, whole(), [b], LOCAL, it)
+    assert len(effects(b, msgs)[1]) == 300
+    rib.update(FAM, prefix(1), Path(src, PathAttributes(origin=0, med=6), (0xC6120063,)))
+    out = dict(export_changes(FAM, changes(rib), [*ms, a, b], LOCAL, it))
+    assert len({id(msgs[0]) for msgs in out.values()}) == 1  # encoded once for all seven
+    views = [m.rib_out.view(FAM) for m in [*ms, a, b]]
+    assert all(v.table is views[0].table and not v.own for v in views)
+    assert views[0].table is main  # the syncs only cleared marks: the table was never copied
+    assert all(v.count == 300 for v in views)
+
+
 # --- property: the shared tables behave exactly like one plain table per member -------------
 
 MEMBERS = 5  # 198.18.0.60..64; member 4 takes ADD-PATH, member 3 is a non-client
@@ -160,6 +191,8 @@ op = st.one_of(
         st.integers(0, len(ATTRS) - 1),
     ),
     st.tuples(st.just("withdraw"), st.integers(0, 5), st.integers(0, MEMBERS)),
+    # The member's session restarts: a new Outbound holding nothing, the old one dropped as is.
+    st.tuples(st.just("reconnect"), st.integers(0, MEMBERS - 1)),
     st.tuples(
         st.just("export"),
         st.sets(st.integers(0, MEMBERS - 1), min_size=1),  # who is told
@@ -182,7 +215,7 @@ def _desired(m: Outbound, pfx, dest) -> dict:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(op, max_size=40))
 def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
     ms = [member(60 + k, addpath=k == 4, client=k != 3) for k in range(MEMBERS)]
@@ -193,7 +226,8 @@ def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
     it = AttrInterner()
     enc = EncodeCache()
     model: list[dict] = [{} for _ in ms]  # per member: (prefix, path id) -> (attrs, nh)
-    pending: list = []
+    pending: dict = {}  # decided but not yet exported: prefix -> entry (one per prefix, as
+    # the daemon's dirty set)
     for o in ops:
         if o[0] == "update":
             _, i, s, a = o
@@ -203,12 +237,17 @@ def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
             _, i, s = o
             rib.withdraw(FAM, prefix(i), sources[s].key, 0)
             continue
+        if o[0] == "reconnect":
+            k = o[1]
+            ms[k] = member(60 + k, addpath=k == 4, client=k != 3)
+            model[k] = {}
+            continue
         _, told, force, whole = o
-        pending += changes(rib)
+        pending.update(changes(rib))
         table = rib.table(FAM)
-        ch = [(p, table.get(p)) for p in map(prefix, range(6))] if whole else pending
+        ch = [(p, table.get(p)) for p in map(prefix, range(6))] if whole else list(pending.items())
         if not whole:
-            pending = []
+            pending = {}
         targets = [ms[k] for k in sorted(told)]
         out = dict(export_changes(FAM, ch, targets, LOCAL, it, enc, force=force))
         for k in sorted(told):
