@@ -172,20 +172,24 @@ def split_messages(buf: bytearray, ctx: CodecContext = DEFAULT_CONTEXT) -> list[
     pos = 0
     avail = len(buf)
     max_len = ctx.max_message_len
+    # One copy of the buffer, so each body is a single slice (not a bytearray slice copied again)
+    # and the marker is compared in place.
+    data = bytes(buf)
     try:
         while avail - pos >= HEADER_LEN:
-            if buf[pos : pos + 16] != MARKER:
+            if not data.startswith(MARKER, pos):
                 raise _header_error(
                     CONNECTION_NOT_SYNCHRONIZED,
                     b"",
                     f"marker is not all ones at stream offset {pos}",
                 )
-            length = (buf[pos + 16] << 8) | buf[pos + 17]
-            mtype = buf[pos + 18]
-            len_bytes = bytes(buf[pos + 16 : pos + 18])
+            length = (data[pos + 16] << 8) | data[pos + 17]
+            mtype = data[pos + 18]
             if length < HEADER_LEN or length > max_len:
                 raise _header_error(
-                    BAD_MESSAGE_LENGTH, len_bytes, f"length {length} outside 19..{max_len}"
+                    BAD_MESSAGE_LENGTH,
+                    data[pos + 16 : pos + 18],
+                    f"length {length} outside 19..{max_len}",
                 )
             limits = _LENGTH_LIMITS.get(mtype)
             if limits is None:
@@ -198,19 +202,21 @@ def split_messages(buf: bytearray, ctx: CodecContext = DEFAULT_CONTEXT) -> list[
                     # data is the whole message, so wait until all of it has arrived.
                     if avail - pos < length:
                         break
-                    if buf[pos + 21] in (ROUTE_REFRESH_BORR, ROUTE_REFRESH_EORR):
+                    if data[pos + 21] in (ROUTE_REFRESH_BORR, ROUTE_REFRESH_EORR):
                         raise NotificationError(
                             ROUTE_REFRESH_MESSAGE_ERROR,
                             INVALID_MESSAGE_LENGTH,
-                            bytes(buf[pos : pos + length]),
-                            f"ROUTE-REFRESH subtype {buf[pos + 21]} with length {length}",
+                            data[pos : pos + length],
+                            f"ROUTE-REFRESH subtype {data[pos + 21]} with length {length}",
                         )
                 raise _header_error(
-                    BAD_MESSAGE_LENGTH, len_bytes, f"type {mtype} length {length} not in {lo}..{hi}"
+                    BAD_MESSAGE_LENGTH,
+                    data[pos + 16 : pos + 18],
+                    f"type {mtype} length {length} not in {lo}..{hi}",
                 )
             if avail - pos < length:
                 break
-            out.append((mtype, bytes(buf[pos + HEADER_LEN : pos + length])))
+            out.append((mtype, data[pos + HEADER_LEN : pos + length]))
             pos += length
     finally:
         # Consume what was framed even when a later message raised, so callers see a clean cut.
