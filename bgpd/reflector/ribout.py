@@ -42,9 +42,6 @@ class View:
         # (own size, shared size) when joining a shared table last failed (groups._share).
         self.merge_tried: tuple[int, int] | None = None
 
-    def __len__(self) -> int:
-        return self.count
-
     def held(self, prefix: Prefix) -> Sent:
         own = self.own.get(prefix)
         if own is not None:
@@ -64,11 +61,6 @@ class RibOut:
 
     def __init__(self) -> None:
         self.views: dict[Family, View] = {}
-
-    @property
-    def tables(self) -> dict[Family, View]:
-        """Per family, the View: truthy when the peer holds anything from us in that family."""
-        return self.views
 
     def view(self, fam: Family) -> View:
         v = self.views.get(fam)
