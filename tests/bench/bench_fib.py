@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from bgpd.fib.manager import FibManager
+from bgpd.fib.manager import DAEMON_SLICE, FibManager
 from bgpd.fib.netlink import NetlinkFib
 from bgpd.fib.types import NextHop, Route, parse_addr
 from tests.lab.netns import Lab, Netns
@@ -112,7 +112,9 @@ def bench_manager(lab: Lab, n: int) -> dict[str, float]:
     todo = routes(n)
 
     async def run() -> tuple[float, float]:
-        mgr = FibManager(NetlinkFib(PROTO, netns=ns.name))
+        # With the daemon's slice and sendmsg size (manager_from_config).
+        fib = NetlinkFib(PROTO, netns=ns.name, batch=DAEMON_SLICE)
+        mgr = FibManager(fib, slice_size=DAEMON_SLICE)
         await mgr.start()
         worst = 0.0
         done = False
