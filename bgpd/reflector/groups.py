@@ -343,19 +343,32 @@ def _partition_diff(
     # Per member: prefix -> what it must hold, where that differs from the shared table.
     special: dict[Outbound, dict[Prefix, Sent]] = {}
     uniform: dict[Prefix, Sent] = {}  # every member excluded alike: the table holds that
+    # Exclusions are shared by every prefix with the same route: sort each out once.
+    sorted_out: dict[int, tuple[Sent | None, list[tuple[Outbound, Sent]]]] = {}
+    base_delta = 0
     for prefix, new, x in zip(ex.prefixes, ex.shareds, ex.excls):
         if x is not None:
-            mine = [(m, d) for m, d in x.items() if m in inpart]
-            if mine:
-                d0 = mine[0][1]
-                if len(mine) == size and all(d == d0 for _, d in mine):
-                    new = uniform[prefix] = d0
+            got = sorted_out.get(id(x))
+            if got is None:
+                mine = [(m, d) for m, d in x.items() if m in inpart]
+                d0 = mine[0][1] if mine else None
+                if mine and len(mine) == size and all(d == d0 for _, d in mine):
+                    got = (d0, [])
                 else:
-                    for m, d in mine:
-                        special.setdefault(m, {})[prefix] = d
+                    got = (None, mine)
+                sorted_out[id(x)] = got
+            if got[0] is not None:
+                new = uniform[prefix] = got[0]
+            else:
+                for m, d in got[1]:
+                    sp = special.get(m)
+                    if sp is None:
+                        sp = special[m] = {}
+                    sp[prefix] = d
         old = get(prefix, NOTHING)
         if old is not new and old != new:
             base.append((prefix, old, new))
+            base_delta += len(new) - len(old)
             mutate = True
         elif force:
             base.append((prefix, old, new))
@@ -371,7 +384,6 @@ def _partition_diff(
                     if prefix not in sp:
                         sp[prefix] = uniform.get(prefix, shared_of[prefix])
 
-    base_delta = sum(len(new) - len(old) for _, old, new in base)
     out: list[tuple[Outbound, list[bytes]]] = []
     shared_msgs: dict[CodecContext, list[bytes]] = {}
     base_batches: _Batches | None = None
