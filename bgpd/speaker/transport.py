@@ -14,8 +14,10 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bgpd.speaker import errors as E
 from bgpd.speaker.events import CloseConnection, ConnectionRejected, ConnectRequested, Event
 from bgpd.speaker.fsm import Session
+from bgpd.speaker.messages import encode_notification
 
 log = logging.getLogger("routemesh.bgp")
 
@@ -89,6 +91,18 @@ class PeerEndpoint:
     connect_timeout: float = 5.0
 
 
+def refuse(transport: asyncio.Transport) -> None:
+    """Turn a connection away with Cease/Connection Rejected (RFC 4486) before closing.
+
+    A bare close often becomes an RST (the peer's OPEN is unread), and a firewall that drops
+    conntrack-INVALID packets (Calico's rules do) may drop that RST: the peer would then
+    sit in OpenSent for the 4-minute OPEN hold time. The NOTIFICATION travels as data in
+    the established flow, so the peer learns at once and retries.
+    """
+    transport.write(encode_notification(E.CEASE, E.CEASE_CONNECTION_REJECTED))
+    transport.close()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, driver: PeerDriver | None, conn_id: int | None, router: Listener | None):
         self.driver = driver
@@ -159,7 +173,7 @@ class PeerDriver:
     def adopt_incoming(self, proto: _Protocol, transport: asyncio.Transport) -> None:
         conn_id = self.session.new_incoming(self.now())
         if conn_id is None:
-            transport.close()
+            refuse(transport)
             self.pump()
             return
         proto.driver, proto.conn_id = self, conn_id
@@ -312,7 +326,7 @@ class Listener:
         driver = self.lookup(remote)
         if driver is None:
             log.warning("refused BGP connection from unconfigured address %s", remote)
-            transport.close()
+            refuse(transport)
             return
         proto.router = None
         driver.adopt_incoming(proto, transport)

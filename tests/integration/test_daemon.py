@@ -108,7 +108,10 @@ def test_unconfigured_address_is_refused_and_logged(lab: Lab) -> None:
     ours, _bird, raw_ns = two_peers(lab)
     ours.wait_established(BIRD_ADDR)
     with RawPeer(OURS_RAW, netns=raw_ns.name, source=STRANGER).connect() as stranger:
-        # Closed at once, without an OPEN or NOTIFICATION: a stranger learns nothing.
+        # RFC 4486: no OPEN, just Cease/Connection Rejected, then the close. Without the
+        # NOTIFICATION a peer whose RST a firewall drops would wait out its OPEN hold time.
+        code, subcode, _ = stranger.expect_notification(timeout=5)
+        assert (code, subcode) == (6, 5)
         stranger.expect_closed(timeout=5)
     wait_for(
         lambda: f"refused BGP connection from unconfigured address {STRANGER}" in ours.log_text(),
