@@ -91,16 +91,22 @@ class PeerEndpoint:
     connect_timeout: float = 5.0
 
 
-def refuse(transport: asyncio.Transport) -> None:
+def refuse(transport: asyncio.Transport, linger: float = 5.0) -> None:
     """Turn a connection away with Cease/Connection Rejected (RFC 4486) before closing.
 
     A bare close often becomes an RST (the peer's OPEN is unread), and a firewall that drops
     conntrack-INVALID packets (Calico's rules do) may drop that RST: the peer would then
     sit in OpenSent for the 4-minute OPEN hold time. The NOTIFICATION travels as data in
-    the established flow, so the peer learns at once and retries.
+    the established flow, so the peer learns at once and retries. Our side half-closes and
+    reads (and drops) until the peer closes, so that no RST races the NOTIFICATION; a peer
+    that never closes is cut off after `linger` seconds.
     """
     transport.write(encode_notification(E.CEASE, E.CEASE_CONNECTION_REJECTED))
-    transport.close()
+    if transport.can_write_eof():
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(linger, transport.abort)
+    else:
+        transport.close()
 
 
 class _Protocol(asyncio.Protocol):
