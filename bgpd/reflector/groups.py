@@ -291,6 +291,8 @@ def _share(views: list[tuple[Outbound, View]], empty: list[View]) -> None:
         if v.table.routes:
             sizes[id(v.table)] = sizes.get(id(v.table), 0) + 1
             tables[id(v.table)] = v.table
+    if not sizes:
+        return  # what is held is all in members' own entries: nothing shared to join
     main = tables[max(sizes, key=sizes.__getitem__)]
     routes = main.routes
     for v in empty:

@@ -179,7 +179,7 @@ def test_a_peer_that_connects_later_ends_up_sharing_the_table() -> None:
 
 # --- property: the shared tables behave exactly like one plain table per member -------------
 
-MEMBERS = 5  # 198.18.0.60..64; member 4 takes ADD-PATH, member 3 is a non-client
+MEMBERS = 6  # 198.18.0.60..65; members 4 and 5 take ADD-PATH, member 3 is a non-client
 ATTRS = [
     PathAttributes(origin=0, local_pref=100),
     PathAttributes(origin=0, local_pref=200),
@@ -220,7 +220,7 @@ def _desired(m: Outbound, pfx, dest) -> dict:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op, max_size=40))
 def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
-    ms = [member(60 + k, addpath=k == 4, client=k != 3) for k in range(MEMBERS)]
+    ms = [member(60 + k, addpath=k >= 4, client=k != 3) for k in range(MEMBERS)]
     sources = [source_of(m) for m in ms] + [
         Source("198.18.0.99", 99, 0xC6120063, ASN, False, rr_client=True)
     ]
@@ -241,7 +241,7 @@ def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
             continue
         if o[0] == "reconnect":
             k = o[1]
-            ms[k] = member(60 + k, addpath=k == 4, client=k != 3)
+            ms[k] = member(60 + k, addpath=k >= 4, client=k != 3)
             model[k] = {}
             continue
         _, told, force, whole = o
