@@ -55,24 +55,43 @@ _DEFAULTS: tuple[object, ...] = tuple(getattr(EMPTY_ATTRIBUTES, f) for f in _FIE
 _SLOT: dict[str, int] = {f: i for i, f in enumerate(_FIELDS)}
 
 
+# A MED variant is built by setting PathAttributes' slots through their member descriptors: the
+# frozen dataclass __init__ goes through object.__setattr__ per field, twice the cost (1.66 vs
+# 0.79 us), and this runs once per UPDATE on one-prefix-per-UPDATE feeds.
+_new = object.__new__
+_ORIGIN = PathAttributes.origin.__set__  # type: ignore[attr-defined]
+_AS_PATH = PathAttributes.as_path.__set__  # type: ignore[attr-defined]
+_NEXT_HOP = PathAttributes.next_hop.__set__  # type: ignore[attr-defined]
+_MED = PathAttributes.med.__set__  # type: ignore[attr-defined]
+_LOCAL_PREF = PathAttributes.local_pref.__set__  # type: ignore[attr-defined]
+_ATOMIC = PathAttributes.atomic_aggregate.__set__  # type: ignore[attr-defined]
+_AGGREGATOR = PathAttributes.aggregator.__set__  # type: ignore[attr-defined]
+_COMMUNITIES = PathAttributes.communities.__set__  # type: ignore[attr-defined]
+_ORIGINATOR = PathAttributes.originator_id.__set__  # type: ignore[attr-defined]
+_CLUSTER_LIST = PathAttributes.cluster_list.__set__  # type: ignore[attr-defined]
+_EXT = PathAttributes.ext_communities.__set__  # type: ignore[attr-defined]
+_LARGE = PathAttributes.large_communities.__set__  # type: ignore[attr-defined]
+_UNKNOWN = PathAttributes.unknown.__set__  # type: ignore[attr-defined]
+_ASNS = PathAttributes._asns.__set__  # type: ignore[attr-defined]
+
+
 def _vary(t: PathAttributes, med: int | None, local_pref: int | None) -> PathAttributes:
-    """t with another MED/LOCAL_PREF, built positionally (replace() walks fields(): 2x slower)."""
-    new = PathAttributes(
-        t.origin,
-        t.as_path,
-        t.next_hop,
-        med,
-        local_pref,
-        t.atomic_aggregate,
-        t.aggregator,
-        t.communities,
-        t.originator_id,
-        t.cluster_list,
-        t.ext_communities,
-        t.large_communities,
-        t.unknown,
-    )
-    object.__setattr__(new, "_asns", t._asns)
+    """t with another MED/LOCAL_PREF (every slot set; test_codec_cache checks against replace)."""
+    new = _new(PathAttributes)
+    _ORIGIN(new, t.origin)
+    _AS_PATH(new, t.as_path)
+    _NEXT_HOP(new, t.next_hop)
+    _MED(new, med)
+    _LOCAL_PREF(new, local_pref)
+    _ATOMIC(new, t.atomic_aggregate)
+    _AGGREGATOR(new, t.aggregator)
+    _COMMUNITIES(new, t.communities)
+    _ORIGINATOR(new, t.originator_id)
+    _CLUSTER_LIST(new, t.cluster_list)
+    _EXT(new, t.ext_communities)
+    _LARGE(new, t.large_communities)
+    _UNKNOWN(new, t.unknown)
+    _ASNS(new, t._asns)
     return new
 
 
@@ -160,7 +179,6 @@ Entry = tuple[int, int, int, int, int]  # flags, type, header offset, value star
 
 
 _MANDATORY_V4 = frozenset({ATTR_ORIGIN, ATTR_AS_PATH, ATTR_NEXT_HOP})
-_NO_MP: tuple[None, None, str, tuple[str, ...]] = (None, None, ACTION_NONE, ())
 
 
 def decode_attribute_field(
@@ -202,7 +220,7 @@ def decode_attribute_field(
         # A set lacking a mandatory attribute needs its diagnostics: the general path.
         if hit is not None and (hit[3] or not ipv4_nlri):
             cache.hits += 1
-            return (_from_hit(hit, buf, med_at, lp_at), *_NO_MP)
+            return _from_hit(hit, buf, med_at, lp_at), None, None, ACTION_NONE, ()
     return _decode_field(buf, ctx, ipv4_nlri, cache)
 
 

@@ -133,6 +133,10 @@ def test_vary_matches_replace_for_every_field():
     got = _vary(full, 7, 8)
     assert got == replace(full, med=7, local_pref=8)
     assert got.asns() is full.asns()
+    # Every slot is set, including any added later that equality does not compare.
+    for name in PathAttributes.__slots__:
+        getattr(got, name)
+    assert hash(got) == hash(replace(full, med=7, local_pref=8))
 
 
 @given(st.lists(path_attributes(True, with_next_hop=False), min_size=1, max_size=6), st.data())
