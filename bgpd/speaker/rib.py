@@ -6,7 +6,8 @@ with one attribute set share a single `PathAttributes` object.
 
 The decision itself is not here (see `bestpath.py`): a `Destination` holds every candidate path of
 one prefix and the outcome of the last decision. Most prefixes have one path, which wins alone:
-the Loc-RIB then stores that `Path` itself, decided as it is inserted, and a `Path` answers
+the Loc-RIB then stores that `Path` itself, decided as it is inserted (until a second path
+comes; a Destination then stays until the prefix is gone), and a `Path` answers
 `best`/`paths`/`multipath`/`reason` as such a Destination would, so readers need not care (about
 200 bytes per route less, and no comparator chain). Nothing in this module knows about
 reflection or export; that is `bgpd.reflector.export`.
@@ -423,17 +424,14 @@ class LocRib:
                 del table[prefix]  # type: ignore[union-attr]
                 out.append((fam, prefix, None, bool(b_multi)))
                 continue
+            # A Destination left with one path stays one: a prefix that has had two paths tends
+            # to get them again (a peer withdrawing and re-announcing everything), and building
+            # a Destination per prefix each time would feed the garbage collector hundreds of
+            # thousands of objects per cycle (full collections of a second and more, measured).
             best, reason, multi = self.decider(fam, paths)
-            if len(paths) == 1 and best is paths[0] and reason == ONLY_PATH:
-                # Alone and reachable: stored bare from now on.
-                table[prefix] = best  # type: ignore[index]
-                entry: Entry = best
-                multi = (best,)
-            else:
-                dest.best, dest.reason, dest.multipath = best, reason, multi
-                entry = dest
+            dest.best, dest.reason, dest.multipath = best, reason, multi
             changed = multi != b_multi or (best is not None and best.attrs is not b_attrs)
-            out.append((fam, prefix, entry, changed))
+            out.append((fam, prefix, dest, changed))
         counts = self.decisions
         for fam, n in decided.items():
             counts[fam] = counts.get(fam, 0) + n
