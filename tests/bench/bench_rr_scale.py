@@ -1,8 +1,10 @@
 """Reflector scale: our bgpd as a dedicated reflector for 100 clients (our own speakers, all in
 one process, on addresses of one namespace's loopback); one client announces 10k prefixes.
 
-Prints `name: value` lines: the seconds until every client holds all 10k routes, and the
-reflector's peak RSS. Never asserts a number (DESIGN.md, Performance).
+Prints `name: value` lines: the seconds until every client holds all 10k routes, the same for
+clients that connect only once the reflector holds them (`late_seconds`: their syncs, and the
+update group they have to join), and the reflector's peak RSS. Never asserts a number
+(DESIGN.md, Performance).
 
 Run: sudo .venv/bin/python -m tests.bench.bench_rr_scale [--clients N] [--prefixes N]
 or:  sudo .venv/bin/pytest -m slow tests/bench/bench_rr_scale.py -s
@@ -36,21 +38,7 @@ async def run_clients(clients: int, prefixes: int, tmp: Path) -> dict[str, float
 
     daemons = []
     for i in range(clients):
-        me = addr(2 + i)
-        text = f"""
-[global]
-asn = {ASN}
-router-id = "{me}"
-listen-address = []
-control-socket = "{tmp}/c{i}.sock"
-connect-retry = 1
-hold-time = 90
-[[neighbor]]
-address = "{addr(1)}"
-remote-asn = {ASN}
-source-address = "{me}"
-"""
-        daemons.append(Daemon(parse_config(text, f"client{i}")))
+        daemons.append(Daemon(parse_config(client_config(i, tmp), f"client{i}")))
     tasks = [asyncio.create_task(d.run()) for d in daemons]
     t0 = time.perf_counter()
     while not all(d.peers and all(p.out is not None for p in d.peers.values()) for d in daemons):
@@ -62,15 +50,51 @@ source-address = "{me}"
     t1 = time.perf_counter()
     daemons[0].originate(IPV4_UNICAST, batch)
     others = daemons[1:]
-    while not all(d.loc_rib.count() >= prefixes for d in others):
-        await asyncio.sleep(0.1)
-        if time.perf_counter() - t1 > 600:
-            raise RuntimeError("routes did not reach every client in 600 s")
+    await _all_hold(others, prefixes, t1)
     t_spread = time.perf_counter() - t1
-    for d in daemons:
+    # Late joiners: every client but 0 and 1 restarts and connects to a reflector that holds
+    # the routes already, as nodes joining a running cluster do.
+    late = daemons[2:]
+    for d in late:
+        d.request_stop()
+    await asyncio.gather(*tasks[2:], return_exceptions=True)
+    late = [Daemon(parse_config(client_config(i, tmp, "l"), f"late{i}")) for i in range(2, clients)]
+    t2 = time.perf_counter()
+    tasks[2:] = [asyncio.create_task(d.run()) for d in late]
+    await _all_hold(late, prefixes, t2)
+    t_late = time.perf_counter() - t2
+    for d in [*daemons[:2], *late]:
         d.request_stop()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"sessions_up_s": round(t_sessions, 2), "seconds": round(t_spread, 2)}
+    return {
+        "sessions_up_s": round(t_sessions, 2),
+        "seconds": round(t_spread, 2),
+        "late_seconds": round(t_late, 2),
+    }
+
+
+async def _all_hold(daemons: list, prefixes: int, since: float) -> None:
+    while not all(d.loc_rib.count() >= prefixes for d in daemons):
+        await asyncio.sleep(0.1)
+        if time.perf_counter() - since > 600:
+            raise RuntimeError("routes did not reach every client in 600 s")
+
+
+def client_config(i: int, tmp: Path, tag: str = "c") -> str:
+    me = addr(2 + i)
+    return f"""
+[global]
+asn = {ASN}
+router-id = "{me}"
+listen-address = []
+control-socket = "{tmp}/{tag}{i}.sock"
+connect-retry = 1
+hold-time = 90
+[[neighbor]]
+address = "{addr(1)}"
+remote-asn = {ASN}
+source-address = "{me}"
+"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,8 +149,8 @@ def bench(clients: int = 100, prefixes: int = 10_000) -> dict[str, float]:
 
 
 def report(figures: dict[str, float]) -> None:
-    names = ("clients", "prefixes", "sessions_up_s", "seconds", "reflector_cpu_s",
-             "reflector_peak_rss_mib")  # fmt: skip
+    names = ("clients", "prefixes", "sessions_up_s", "seconds", "late_seconds",
+             "reflector_cpu_s", "reflector_peak_rss_mib")  # fmt: skip
     for name in names:
         print(f"rr_scale_{name}: {figures[name]}")
 
