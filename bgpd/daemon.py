@@ -431,16 +431,19 @@ class Daemon:
         for fam, nlri in update.withdraw.items():
             table = rib_in.table(fam)
             rejected = rib_in.rejected.get(fam)
-            gone: list[tuple[Prefix, int]] = []
+            gone: list[Prefix] = []
+            ids: list[int] = []
             for key in nlri:
                 pid = key[2]
                 prefix = (key[0], key[1])
                 if table.pop(key if pid else prefix, None) is not None:
-                    gone.append((prefix, pid))
+                    gone.append(prefix)
+                    ids.append(pid)
                 elif rejected:
                     rejected.discard(key)
             if gone:
-                loc.withdraw_many(fam, addr, gone, track=self._changes_wanted(peer, fam))
+                track = self._changes_wanted(peer, fam)
+                loc.withdraw_many(fam, addr, zip(gone, ids), track=track)
         eor = update.end_of_rib()
         if eor is not None:
             self._on_eor(peer, eor)
@@ -464,7 +467,10 @@ class Daemon:
             table = rib_in.table(fam)
             rejected = rib_in.rejected.setdefault(fam, set())
             nh = update.next_hop.get(fam, ())
-            batch: list[tuple[Prefix, RibPath]] = []
+            # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
+            # a collection get promoted, and promotions are what trigger full collections.
+            prefixes: list[Prefix] = []
+            paths: list[RibPath] = []
             if shared is not None:
                 # Every prefix takes the same attributes: the common case, kept tight.
                 for key in nlri:
@@ -472,10 +478,11 @@ class Daemon:
                     prefix = (key[0], key[1])
                     path = RibPath(src, shared, nh, pid)
                     table[key if pid else prefix] = path
-                    batch.append((prefix, path))
+                    prefixes.append(prefix)
+                    paths.append(path)
                 if rejected:
                     rejected.difference_update(nlri)
-                loc.update_many(fam, batch, track=self._changes_wanted(peer, fam))
+                loc.update_many(fam, zip(prefixes, paths), track=self._changes_wanted(peer, fam))
                 continue
             for key in nlri:
                 pid = key[2]
@@ -493,8 +500,9 @@ class Daemon:
                 rejected.discard(key)
                 path = RibPath(src, use, nh, pid)
                 table[key if pid else prefix] = path
-                batch.append((prefix, path))
-            loc.update_many(fam, batch, track=self._changes_wanted(peer, fam))
+                prefixes.append(prefix)
+                paths.append(path)
+            loc.update_many(fam, zip(prefixes, paths), track=self._changes_wanted(peer, fam))
         self._work.set()
         self._check_max_prefix(peer)
 
