@@ -28,6 +28,7 @@ from bgpd.speaker.types import NLRI, Family, Prefix
 log = logging.getLogger("routemesh.bgpd")
 
 MERGE_SLACK = 64  # a member joins a shared table when at most this many routes differ
+JOIN_BUDGET = 1 << 18  # routes marked "not held" per call for members joining a shared table
 
 
 @dataclass(eq=False)
@@ -295,7 +296,17 @@ def _share(views: list[tuple[Outbound, View]], empty: list[View]) -> None:
         return  # what is held is all in members' own entries: nothing shared to join
     main = tables[max(sizes, key=sizes.__getitem__)]
     routes = main.routes
-    for v in empty:
+    # Marking costs one entry per route: a bounded number per call, so that many peers coming
+    # back at once onto a large table cannot hold the loop up (the rest join on later calls).
+    budget = JOIN_BUDGET
+    for i, v in enumerate(empty):
+        if len(routes) > budget:
+            if len(empty) - i > 1:
+                rest = SharedTable(refs=0)  # the rest hold nothing alike: one table for them
+                for w in empty[i:]:
+                    w.attach(rest)
+            break
+        budget -= len(routes)
         v.own = dict.fromkeys(routes, NOTHING)
         v.attach(main)
     # Few differences only: a table that is not nearly the same is walked in full before that

@@ -9,6 +9,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bgpd.reflector import groups
 from bgpd.reflector.export import ExportPolicy, LocalView, export_path, is_own
 from bgpd.reflector.groups import EncodeCache, Outbound, export_changes
 from bgpd.speaker.attributes import PathAttributes
@@ -218,8 +219,17 @@ def _desired(m: Outbound, pfx, dest) -> dict:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(op, max_size=40))
-def test_shared_tables_match_a_plain_table_per_member(ops) -> None:
+@given(st.lists(op, max_size=40), st.sampled_from([1 << 18, 4, 0]))
+def test_shared_tables_match_a_plain_table_per_member(ops, join_budget) -> None:
+    old_budget = groups.JOIN_BUDGET
+    groups.JOIN_BUDGET = join_budget  # small: peers holding nothing join a few at a time
+    try:
+        _check_against_plain_tables(ops)
+    finally:
+        groups.JOIN_BUDGET = old_budget
+
+
+def _check_against_plain_tables(ops) -> None:
     ms = [member(60 + k, addpath=k >= 4, client=k != 3) for k in range(MEMBERS)]
     sources = [source_of(m) for m in ms] + [
         Source("198.18.0.99", 99, 0xC6120063, ASN, False, rr_client=True)
