@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from bgpd.cli.bgp import format_status
@@ -50,3 +53,22 @@ def test_selector_eval_parse_error_exits_2_with_position(capsys):
     assert main(["selector", "eval", "org == 'ami", "--labels", "org=ami"]) == 2
     err = capsys.readouterr().err
     assert "position 7" in err
+
+
+def test_the_daemon_command_loads_no_agent_policy_or_demo_code():
+    # Every module a daemon imports stays resident for its lifetime (about 24 MiB here).
+    code = (
+        "import sys\n"
+        "from bgpd.cli.main import build_parser\n"
+        "build_parser('bgpd').parse_args(['bgpd', '-f', 'x.toml'])\n"
+        "import bgpd.standalone, bgpd.daemon\n"
+        "heavy = ('agent', 'policy', 'ipam', 'bgpd.demo', 'bgpd.model', 'pydantic', 'pyroute2')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    # The whole parser still knows every verb.
+    full = subprocess.run(
+        [sys.executable, "-m", "bgpd.cli.main", "--help"], capture_output=True, text=True
+    )
+    assert full.returncode == 0 and "endpoint" in full.stdout and "ipam" in full.stdout
