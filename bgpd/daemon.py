@@ -8,7 +8,8 @@ slices so keepalives are never starved, and hands the changes to the update grou
 FIB hook: `Daemon.route_sink(family, prefix, paths | None)` (optional) is called for every
 Loc-RIB change of a prefix with its multipath set, best first, or None when the prefix is gone.
 Calls start once initial convergence is done (`Daemon.converged` is set then), beginning with
-the whole table. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
+the whole table, or from the first route when `sink_from_start()` was called before `run()`
+(the FIB found nothing of ours in the kernel, so there is nothing a partial table could hurt). `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
 `Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
 `run_daemon` wires the kernel FIB (`bgpd.standalone`) only when `[fib] enabled` says so
 (it defaults to false on a dedicated reflector, i.e. with `cluster-id` set).
@@ -108,6 +109,7 @@ class Daemon:
         self.loc_rib = LocRib(make_decider(self.decision), nexthop_reachable)
         self.interner = AttrInterner()
         self.converged = asyncio.Event()
+        self.sink_live = False
         # RFC 4724 restarting speaker: with GR configured we hold our updates (and the FIB's
         # view) until every peer sent End-of-RIB or select-defer-time passed.
         self.restarting = any(nb.graceful_restart for nb in config.neighbors)
@@ -514,7 +516,7 @@ class Daemon:
         (a peer that comes up later is sent the whole table). Then a prefix decided as it is
         stored needs no slice of the route worker at all.
         """
-        if self.route_sink is not None and self.converged.is_set():
+        if self.route_sink is not None and (self.sink_live or self.converged.is_set()):
             return True
         if not self._export_enabled:
             return False
@@ -614,6 +616,16 @@ class Daemon:
         self._converging = True
         self._work.set()
 
+    def sink_from_start(self) -> None:
+        """Hand every Loc-RIB change to `route_sink` as it is decided, from the first route on.
+
+        For a FIB that holds nothing of ours: as BIRD's kernel protocol, routes reach the kernel
+        while the table loads instead of after initial convergence. With routes of ours in the
+        kernel (a restart), the sink waits for convergence so that they are compared with the
+        whole table, not with the part learnt so far.
+        """
+        self.sink_live = True
+
     def _clear_restart_bit(self, peer: Peer) -> None:
         """After our restart is over, later OPENs must not claim we are restarting."""
         s = peer.session
@@ -651,7 +663,8 @@ class Daemon:
                         self._decide_slice()
                     elif self._converging:
                         self._converging = False
-                        self._sink_everything()
+                        if not self.sink_live:
+                            self._sink_everything()
                         self.converged.set()
                         continue
                     elif self._sync_jobs:
@@ -667,7 +680,7 @@ class Daemon:
     def _decide_slice(self) -> None:
         changes = self.loc_rib.decide(self.loc_rib.take_dirty(SLICE))
         by_fam: dict[Family, list[tuple[Prefix, Entry | None]]] = {}
-        sink = self.route_sink if self.converged.is_set() else None
+        sink = self.route_sink if self.sink_live or self.converged.is_set() else None
         for fam, prefix, dest, fib_changed in changes:
             by_fam.setdefault(fam, []).append((prefix, dest))
             if sink is not None and fib_changed:

@@ -40,6 +40,9 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
         daemon = Daemon(config, nexthop_reachable=kernel.reachable)
         handoff = SinkQueue(daemon, kernel.sink)
         daemon.route_sink = handoff.put
+        if fib is not None and not fib.installed:
+            # Nothing of ours in the kernel to keep steady: write while the table loads.
+            daemon.sink_from_start()
         kernel.reachability_changed = daemon.reachability_changed
     daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     tasks = [

@@ -87,3 +87,37 @@ def test_routes_another_peer_can_receive_are_queued_for_export() -> None:
 def test_rib_bytes_per_route_at_100k_stay_under_the_bound() -> None:
     per_route = asyncio.run(measure(100_000))
     assert per_route < BYTES_PER_ROUTE_BOUND, f"{per_route:.0f} bytes per route"
+
+
+def _sunk(d: Daemon) -> list[tuple]:
+    got: list[tuple] = []
+    d.route_sink = lambda fam, prefix, paths: got.append((prefix, paths))
+    return got
+
+
+def test_a_sink_from_the_start_hears_routes_before_convergence() -> None:
+    # An empty kernel (nothing of ours to protect): routes go out while the table loads.
+    d = Daemon(parse_config(CONFIG))
+    got = _sunk(d)
+    d.sink_from_start()
+    a = up(d, "198.18.0.2", 64513)
+    d._on_update(a, announce(300))
+    assert not d.converged.is_set()
+    d._decide_slice()
+    assert len(got) == 300 and all(paths and paths[0].source is a.source for _, paths in got)
+    d._on_update(a, withdraw(300))
+    d._decide_slice()
+    assert sum(1 for _, paths in got if paths is None) == 300
+
+
+def test_a_sink_hears_nothing_before_convergence_by_default() -> None:
+    # Routes of ours in the kernel (a restart) are compared with the whole table only.
+    d = Daemon(parse_config(CONFIG))
+    got = _sunk(d)
+    a = up(d, "198.18.0.2", 64513)
+    d._on_update(a, announce(300))
+    while d.loc_rib.pending():
+        d._decide_slice()
+    assert got == []
+    d._sink_everything()
+    assert len(got) == 300
