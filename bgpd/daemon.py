@@ -446,11 +446,13 @@ class Daemon:
             if gone:
                 track = self._changes_wanted(peer, fam)
                 loc.withdraw_many(fam, addr, zip(gone, ids), track=track)
-        eor = update.end_of_rib()
-        if eor is not None:
-            self._on_eor(peer, eor)
-            return
         attrs = update.attrs
+        if attrs is None:
+            # Only an UPDATE without attributes can be End-of-RIB.
+            eor = update.end_of_rib()
+            if eor is not None:
+                self._on_eor(peer, eor)
+                return
         if attrs is None or not update.announce or peer.source is None:
             self._work.set()
             return
@@ -463,11 +465,13 @@ class Daemon:
         flt = peer.config.import_filter
         shared: PathAttributes | None = None
         if loop_reason is None and (flt is None or flt.prefix_independent):
-            got = apply_filter(flt, IPV4_UNICAST, (0, 0), attrs, src.ebgp)
+            got = attrs if flt is None else apply_filter(flt, IPV4_UNICAST, (0, 0), attrs, src.ebgp)
             shared = self.interner.intern(got) if got is not None else None
         for fam, nlri in update.announce.items():
             table = rib_in.table(fam)
-            rejected = rib_in.rejected.setdefault(fam, set())
+            rejected = rib_in.rejected.get(fam)
+            if rejected is None:
+                rejected = rib_in.rejected[fam] = set()
             nh = update.next_hop.get(fam, ())
             # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
             # a collection get promoted, and promotions are what trigger full collections.

@@ -56,6 +56,7 @@ from bgpd.speaker.messages import (
     Open,
     Update,
     decode_message,
+    decode_update,
     encode_keepalive,
     encode_message,
     encode_notification,
@@ -101,6 +102,8 @@ class Input(Enum):
 
 S = State
 I = Input  # noqa: E741 - the table reads better with a one-letter alias
+
+ESTABLISHED = State.ESTABLISHED
 
 # (state, input) -> next state. Anything absent: a message is an FSM error, the rest is ignored.
 TRANSITIONS: dict[tuple[State, Input], State] = {
@@ -359,10 +362,34 @@ class Session:
         except NotificationError as err:
             self._protocol_error(conn, err, now)
             return
-        for msg_type, body in frames:
-            if self._conn(conn_id) is not conn:
-                return
-            self._on_message(conn, msg_type, body, now)
+        # UPDATEs on an Established primary connection are the bulk of all input: they take a
+        # direct path (no per-message dispatch) while the state and connection hold; anything
+        # else, or a decoding error, goes through `_on_message` as before. Every message of
+        # one read shares `now`, so the hold timer restarts once for the first UPDATE.
+        events = self._events
+        counted = 0
+        restarted = False
+        try:
+            for msg_type, body in frames:
+                if msg_type == MSG_UPDATE and conn is self._primary and self.state is ESTABLISHED:
+                    counted += 1
+                    try:
+                        msg = decode_update(body, self.context, self._cache)
+                    except NotificationError as err:
+                        self._protocol_error(conn, err, now)
+                        return
+                    if not restarted:
+                        self._restart_hold(now)
+                        restarted = True
+                    events.append(UpdateReceived(msg))
+                    continue
+                if self._conn(conn_id) is not conn:
+                    return
+                restarted = False
+                self._on_message(conn, msg_type, body, now)
+        finally:
+            if counted:
+                self.messages_in["update"] += counted
 
     # ---- timers ----------------------------------------------------------------------------
 

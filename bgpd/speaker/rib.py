@@ -151,13 +151,13 @@ class AttrInterner:
         return len(self._table)
 
     def intern(self, attrs: PathAttributes) -> PathAttributes:
-        got = self._table.get(attrs)
-        if got is not None:
-            return got
-        if len(self._table) >= self.maxsize:
-            self._table.clear()
-        self._table[attrs] = attrs
-        return attrs
+        # One lookup (one hash of the attribute set) whether it is new or not.
+        table = self._table
+        got = table.setdefault(attrs, attrs)
+        if got is attrs and len(table) > self.maxsize:
+            table.clear()
+            table[attrs] = attrs
+        return got
 
 
 class AdjRibIn:
