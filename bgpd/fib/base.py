@@ -6,9 +6,10 @@ desired among our routes. Kernel events reach a listener as plain values (Kernel
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bgpd.fib.reconcile import Conflict, plan
@@ -114,6 +115,13 @@ class Fib(ABC):
         but the delete of a route already gone. ``ours`` is left alone."""
         errors = await self._write(writes, deletes)
         return [e for e in errors if not (e.op == "delete" and e.errno == errno.ESRCH)]
+
+    def submit(
+        self, writes: list[tuple[Prefix, Hops, bool]], deletes: list[Prefix]
+    ) -> Awaitable[list[RouteError]]:
+        """``write``, started now rather than when first awaited (a writer with its own
+        thread hands it the work at once); await the result to learn the errors."""
+        return asyncio.ensure_future(self.write(writes, deletes))
 
     async def apply(self, routes: Iterable[Route], deletes: Iterable[Prefix]) -> list[RouteError]:
         """Add or replace ``routes`` and delete ours at ``deletes``; return every error.

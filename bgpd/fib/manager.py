@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.nexthop import NextHopResolver
@@ -52,7 +52,8 @@ class FibManager:
     """Owns desired vs installed routes for one Fib; see the module docstring.
 
     ``persist`` keeps our routes in the kernel on stop; ``scan_time`` is the period of the
-    full resync (after convergence); ``slice_size`` bounds the routes written per loop turn;
+    full resync (after convergence); ``slice_size`` bounds the routes decided per loop turn;
+    ``write_max`` bounds the slices gathered into one write while the last is in the kernel;
     ``resolve`` turns next-hop resolution on; ``watch`` listens to the route monitor;
     ``on_error`` sees every refused route; ``on_batch`` gets each write's seconds (for a
     histogram). Counters are plain attributes, for bgpd/metrics.py to export.
@@ -65,6 +66,7 @@ class FibManager:
         persist: bool = True,
         scan_time: float = 30.0,
         slice_size: int = 2000,
+        write_max: int = 0,
         resolve: bool = True,
         watch: bool = True,
         on_reachability: ReachabilityCallback | None = None,
@@ -77,6 +79,7 @@ class FibManager:
         self.persist = persist
         self.scan_time = scan_time
         self.slice_size = slice_size
+        self.write_max = max(write_max, slice_size)
         self.resolver = NextHopResolver(fib.protocol) if resolve else None
         self.watch = watch
         self.on_reachability = on_reachability
@@ -94,9 +97,12 @@ class FibManager:
         self._pending: dict[Prefix, object] = {}
         self._order: deque[Prefix] = deque()
         self._repairing: set[Prefix] = set()
+        # Prefixes decided and on their way to the kernel (buffered or being written).
         self._inflight: set[Prefix] = set()
-        # The slice being written while the next one is prepared (see _apply_slice).
+        # The write the kernel is taking now, and the slices decided since (see _apply_slice).
         self._flight: asyncio.Future[list[RouteError]] | None = None
+        self._next_writes: list[tuple[Prefix, Hops, bool]] = []
+        self._next_deletes: list[Prefix] = []
         # One tuple per distinct next-hop set. Caches below are keyed by (ip version, id()) of
         # these, which stay alive here: hashing a Hops hashes each NextHop in Python, per route.
         self._interned: dict[Hops, Hops] = {(): ()}
@@ -263,9 +269,9 @@ class FibManager:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._flight is not None:
-            # The slice the kernel is being handed now: let it finish, so the writer thread
-            # is done with the socket before it closes.
+        if self._flight is not None or self._next_writes or self._next_deletes:
+            # The write the kernel is being handed now, and the slices decided after it: let
+            # them finish, so the writer thread is done with the socket before it closes.
             try:
                 await self._land()
             except (asyncio.CancelledError, Exception):
@@ -315,8 +321,9 @@ class FibManager:
                     self._prune_wanted = False
                     await self._land()
                     await self._prune()
-                elif self._flight is not None:
-                    await self._land()
+                elif self._flight is not None or self._next_writes or self._next_deletes:
+                    await self._land_flight()
+                    self._launch()
             except Exception:
                 # A bug or an unexpected socket error must not end FIB programming; the next
                 # scan starts from a fresh dump.
@@ -332,6 +339,8 @@ class FibManager:
             or self._gateways_dirty
             or self._prune_wanted
             or self._flight is not None
+            or bool(self._next_writes)
+            or bool(self._next_deletes)
         )
 
     def _kick(self) -> None:
@@ -426,18 +435,50 @@ class FibManager:
             if prefix not in pending:
                 order.append(prefix)
                 pending[prefix] = value
-        await self._land()
         if writes or deletes:
-            self._flight = asyncio.ensure_future(self._start_write(writes, deletes))
+            # Decided now against ``installed``: changes to these wait until they are written.
+            flying.update(w[0] for w in writes)
+            flying.update(deletes)
+            self._next_writes.extend(writes)
+            self._next_deletes.extend(deletes)
+        flight = self._flight
+        if flight is not None and (
+            flight.done()
+            or len(self._next_writes) + len(self._next_deletes) >= self.write_max
+            or (deferred and not (writes or deletes))  # only waiting: don't spin
+        ):
+            await self._land_flight()
+        if self._flight is None:
+            self._launch()
 
-    async def _land(self) -> None:
-        """Wait for the slice in flight and account for it."""
+    def _launch(self) -> None:
+        """Hand the slices decided since the last write to the kernel, without waiting: the
+        writer thread takes them in one go while the loop decides the next ones. So the
+        writer never idles for a loop turn between slices, and the busier the loop, the
+        bigger (and fewer) its writes."""
+        writes, deletes = self._next_writes, self._next_deletes
+        if writes or deletes:
+            self._next_writes, self._next_deletes = [], []
+            started = time.perf_counter()
+            written = self.fib.submit(writes, deletes)
+            self._flight = asyncio.ensure_future(
+                self._finish_write(written, writes, deletes, False, started)
+            )
+
+    async def _land_flight(self) -> None:
+        """Wait for the write in flight and account for it."""
         flight = self._flight
         if flight is not None:
             try:
                 await flight
             finally:
                 self._flight = None
+
+    async def _land(self) -> None:
+        """Wait until everything decided so far has been written and accounted for."""
+        while self._flight is not None or self._next_writes or self._next_deletes:
+            await self._land_flight()
+            self._launch()
 
     async def _write(
         self,
@@ -460,22 +501,27 @@ class FibManager:
     ) -> Coroutine[None, None, list[RouteError]]:
         # Echoes of these writes may arrive before write() returns; they are not news. Set
         # now, not when the coroutine first runs: the next slice is prepared against it.
-        inflight = {w[0] for w in writes}
-        inflight.update(deletes)
-        self._inflight = inflight
-        return self._finish_write(writes, deletes, resync, time.perf_counter())
+        self._inflight.update(w[0] for w in writes)
+        self._inflight.update(deletes)
+        started = time.perf_counter()
+        return self._finish_write(
+            self.fib.submit(writes, deletes), writes, deletes, resync, started
+        )
 
     async def _finish_write(
         self,
+        written: Awaitable[list[RouteError]],
         writes: list[tuple[Prefix, Hops, bool]],
         deletes: list[Prefix],
         resync: bool,
         started: float,
     ) -> list[RouteError]:
         try:
-            errors = await self.fib.write(writes, deletes)
+            errors = await written
         finally:
-            self._inflight = set()
+            inflight = self._inflight
+            inflight.difference_update(w[0] for w in writes)
+            inflight.difference_update(deletes)
         elapsed = time.perf_counter() - started
         self.apply_batches += 1
         self.apply_seconds_total += elapsed
@@ -575,7 +621,7 @@ class FibManager:
 
     async def _resync(self) -> None:
         """Dump, diff against what we want, write the difference in slices."""
-        await self._land()  # the dump must see the slice in flight
+        await self._land()  # the dump must see the writes in flight
         self.resyncs += 1
         loop = asyncio.get_running_loop()
         kernel = await self.fib.dump()
@@ -848,10 +894,14 @@ def _gateways(version: int, hops: Hops) -> list[tuple[int, int]]:
     return [(version, h.gateway) for h in hops if h.gateway is not None and h.device is None]
 
 
-# The daemon's slice, written in one sendmsg: while the RIB keeps the loop busy, the writer
-# thread waits for the GIL after each syscall (up to the 5 ms switch interval), so fewer,
-# bigger batches keep the kernel fed.
+# The daemon's slice: changes decided per loop turn.
 DAEMON_SLICE = 4096
+# Messages per sendmsg. While the RIB keeps the loop busy, the writer thread waits for the GIL
+# after each syscall (up to the 5 ms switch interval), so fewer, bigger batches keep the
+# kernel fed; 16k v4 routes are ~0.9 MB of a 4 MB send buffer.
+DAEMON_SENDMSG = 16384
+# Slices gathered into one write while the kernel takes the last (up to 4 sendmsgs).
+DAEMON_WRITE_MAX = 4 * DAEMON_SENDMSG
 
 
 def manager_from_config(
@@ -874,11 +924,12 @@ def manager_from_config(
         section.table,  # type: ignore[attr-defined]
         metric,
         netns=netns,
-        batch=DAEMON_SLICE,
+        batch=DAEMON_SENDMSG,
     )
     return FibManager(
         fib,
         slice_size=DAEMON_SLICE,
+        write_max=DAEMON_WRITE_MAX,
         persist=section.persist,  # type: ignore[attr-defined]
         scan_time=float(section.scan_time),  # type: ignore[attr-defined]
         on_reachability=on_reachability,
