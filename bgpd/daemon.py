@@ -238,7 +238,7 @@ class Daemon:
             password=nb.password,
             ttl_security=nb.ttl_security,
         )
-        return PeerDriver(Session(scfg), endpoint, self._on_event, loop)
+        return PeerDriver(Session(scfg), endpoint, self._on_event, loop, self._on_updates)
 
     def _lookup(self, address: str) -> PeerDriver | None:
         peer = self.peers.get(address)
@@ -423,7 +423,26 @@ class Daemon:
 
     # -- import ------------------------------------------------------------------------------
 
+    def _on_updates(self, driver: PeerDriver, updates: list[Update]) -> None:
+        """The UPDATEs one read completed: imported in order; waking the route worker and the
+        max-prefix check are per batch (a teardown queued by it follows the batch)."""
+        addr = driver.endpoint.address
+        self.observer.on_updates(addr, updates)
+        peer = self.peers[addr]
+        imp = self._import_update
+        for update in updates:
+            imp(peer, update)
+        self._work.set()
+        self._check_max_prefix(peer)
+
     def _on_update(self, peer: Peer, update: Update) -> None:
+        """One UPDATE on its own (see `_on_updates`)."""
+        self._import_update(peer, update)
+        self._work.set()
+        self._check_max_prefix(peer)
+
+    def _import_update(self, peer: Peer, update: Update) -> None:
+        """Adj-RIB-In and Loc-RIB changes for one UPDATE; the caller wakes the route worker."""
         addr = peer.config.address
         for diag in update.diagnostics:
             log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
@@ -454,7 +473,6 @@ class Daemon:
                 self._on_eor(peer, eor)
                 return
         if attrs is None or not update.announce or peer.source is None:
-            self._work.set()
             return
         src = peer.source
         loop_reason = import_loop(attrs, self.local, src.ebgp)
@@ -509,8 +527,6 @@ class Daemon:
                 prefixes.append(prefix)
                 paths.append(path)
             loc.update_many(fam, zip(prefixes, paths), track=self._changes_wanted(peer, fam))
-        self._work.set()
-        self._check_max_prefix(peer)
 
     def _changes_wanted(self, peer: Peer, fam: Family) -> bool:
         """Whether anyone must hear of Loc-RIB changes in `fam` made by `peer`'s routes now.

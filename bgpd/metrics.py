@@ -50,6 +50,7 @@ from bgpd.speaker.events import (
     UpdateReceived,
 )
 from bgpd.speaker.fsm import MESSAGE_NAMES
+from bgpd.speaker.messages import Update
 
 NAMESPACE = "routemesh"
 STATES: tuple[str, ...] = tuple(s.value for s in State)
@@ -304,15 +305,7 @@ class BgpMetrics(_Area):
     def on_event(self, peer: str, event: Event) -> None:
         """Feed one speaker event (what `PeerDriver` hands its owner); others are ignored."""
         if isinstance(event, UpdateReceived):
-            # The hot path: plain int additions on rows bound once per peer and family.
-            update = event.update
-            pending = self._pending
-            for fam, nlri in update.announce.items():
-                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
-                row[0] += len(nlri)
-            for fam, nlri in update.withdraw.items():
-                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
-                row[1] += len(nlri)
+            self.on_updates(peer, [event.update])
         elif isinstance(event, StateChanged):
             self.on_state(peer, event.new)
         elif isinstance(event, SessionEstablished):
@@ -326,6 +319,19 @@ class BgpMetrics(_Area):
                 sent=event.sent,
                 hold_timer_expired=event.hold_timer_expired,
             )
+
+    def on_updates(self, peer: str, updates: list[Update]) -> None:
+        """Count the prefixes of UPDATEs received from `peer` (one read's worth at a time)."""
+        # The hot path: plain int additions on rows bound once per peer and family.
+        pending = self._pending
+        for update in updates:
+            for fam, nlri in update.announce.items():
+                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                row[0] += len(nlri)
+            if update.withdraw:
+                for fam, nlri in update.withdraw.items():
+                    row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                    row[1] += len(nlri)
 
     def observe_session(self, peer: str, session: Any) -> None:
         """Copy a `bgpd.speaker.fsm.Session`'s cumulative message counters into the counters.

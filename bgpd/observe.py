@@ -34,6 +34,7 @@ from bgpd.speaker.types import Family
 if TYPE_CHECKING:
     from bgpd.daemon import Daemon
     from bgpd.fib.manager import FibManager
+    from bgpd.speaker.messages import Update
 
 log = logging.getLogger("routemesh.metrics")
 
@@ -147,6 +148,15 @@ class Observer:
             bgp.on_event(peer, event)
         if isinstance(event, (StateChanged, SessionDown)):
             self.refresh()
+
+    def on_updates(self, peer: str, updates: list[Update]) -> None:
+        """The UPDATEs of one read from `peer`, as a PeerDriver batches them (see on_event)."""
+        bgp = self.metrics.bgp
+        if bgp is not None:
+            if peer not in self._peers:
+                self._peers.add(peer)
+                bgp.add_peer(peer)
+            bgp.on_updates(peer, updates)
 
     def refresh(self) -> None:
         """Re-evaluate every readiness condition."""

@@ -426,6 +426,14 @@ class Session:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    def take_updates(self) -> list[Update]:
+        """Pop the `UpdateReceived` events at the front of the queue; their UPDATEs, in order."""
+        events = self._events
+        out: list[Update] = []
+        while events and type(events[0]) is UpdateReceived:
+            out.append(events.popleft().update)  # type: ignore[union-attr]
+        return out
+
     def data_to_send(self) -> list[tuple[int, bytes]]:
         """Everything queued per connection since the last call, coalesced into one write."""
         out = [(cid, bytes(buf)) for cid, buf in self._out.items() if buf]

@@ -15,9 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bgpd.speaker import errors as E
-from bgpd.speaker.events import CloseConnection, ConnectionRejected, ConnectRequested, Event
+from bgpd.speaker.events import (
+    CloseConnection,
+    ConnectionRejected,
+    ConnectRequested,
+    Event,
+    UpdateReceived,
+)
 from bgpd.speaker.fsm import Session
-from bgpd.speaker.messages import encode_notification
+from bgpd.speaker.messages import Update, encode_notification
 
 log = logging.getLogger("routemesh.bgp")
 
@@ -132,7 +138,11 @@ class _Protocol(asyncio.Protocol):
 
 
 class PeerDriver:
-    """Runs one Session on the event loop. `on_event` receives every non-transport event."""
+    """Runs one Session on the event loop. `on_event` receives every non-transport event.
+
+    With `on_updates` given, consecutive `UpdateReceived` events are handed to it instead as
+    one list of UPDATEs (all that one read completed), so that per-batch work is done once.
+    """
 
     def __init__(
         self,
@@ -140,10 +150,13 @@ class PeerDriver:
         endpoint: PeerEndpoint,
         on_event: Callable[[PeerDriver, Event], None],
         loop: asyncio.AbstractEventLoop | None = None,
+        on_updates: Callable[[PeerDriver, list[Update]], None] | None = None,
     ) -> None:
         self.session = session
         self.endpoint = endpoint
         self.on_event = on_event
+        self.on_updates = on_updates
+        self._in_batch = False
         self.loop = loop or asyncio.get_event_loop()
         self.transports: dict[int, asyncio.Transport] = {}
         self.local_address: str | None = None
@@ -193,9 +206,22 @@ class PeerDriver:
     # -- the pump: drain the session after every input --------------------------------------
 
     def pump(self) -> None:
+        if self._in_batch:
+            # The owner acted on this session while handling a batch (e.g. stopped it): the
+            # pump running the batch drains what that queued, after the batch, in order.
+            return
         session = self.session
+        on_updates = self.on_updates
         while (event := session.next_event()) is not None:
-            if isinstance(event, ConnectRequested):
+            if on_updates is not None and type(event) is UpdateReceived:
+                updates = [event.update]
+                updates += session.take_updates()
+                self._in_batch = True
+                try:
+                    on_updates(self, updates)
+                finally:
+                    self._in_batch = False
+            elif isinstance(event, ConnectRequested):
                 self._connect(event.conn_id)
             elif isinstance(event, CloseConnection):
                 self._flush()
