@@ -768,6 +768,8 @@ class FibManager:
             return
         del self._refs[hkey]
         del self._by_key[hkey]
+        if self.resolver is None:
+            return  # _ref_new tracked no gateways
         for key in _gateways(version, hops):
             left = self._gw_refs[key] - 1
             if left:

@@ -579,3 +579,55 @@ async def test_the_bridge_takes_bgp_routes_back_from_the_fib_under_statics_and_n
     assert got[queued] == Route(queued, (NextHop(gw("198.18.0.4"), "eth0"),))
     assert set(bridge.learned) == {applied, queued}
     await mgr.stop()
+
+
+async def test_slices_decided_while_a_write_is_in_the_kernel_go_in_one_next_write():
+    """The writer never waits a loop turn per slice: what the loop decides while the kernel
+    takes one write is handed over as one write when it lands (up to ``write_max``)."""
+
+    class HeldFib(FakeFib):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.sizes: list[int] = []
+
+        async def _write(self, writes, deletes):
+            self.sizes.append(len(writes) + len(deletes))
+            await self.gate.wait()
+            return await super()._write(writes, deletes)
+
+    fake = HeldFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake, slice_size=2, write_max=4)
+    routes = [r(f"10.244.{i}.0/26", "198.18.0.2") for i in range(9)]
+    for route in routes:
+        mgr.update(route)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert fake.sizes == [2], "one write in flight, the rest decided and waiting"
+    fake.gate.set()
+    await mgr.settle()
+    assert fake.sizes == [2, 4, 3]
+    assert {p: rt for p, rt in fake.ours_in_kernel().items()} == {rt.prefix: rt for rt in routes}
+    assert mgr.routes_installed == 9 and not mgr._inflight
+    assert mgr.netlink_errors == 0, [str(e) for e in mgr.recent_errors]
+    await mgr.stop()
+
+
+async def test_withdrawals_without_next_hop_resolution_are_written_at_once():
+    """With ``resolve`` off no gateway is tracked, and dropping the last prefix through a
+    next-hop set must not look for one (it raised, and the slice waited for a resync)."""
+    fake = FakeFib()
+    connected(fake, "198.18.0.0/24")
+    mgr = await started(fake, resolve=False)
+    routes = [r(f"10.244.{i}.0/26", "198.18.0.2") for i in range(5)]
+    for route in routes:
+        mgr.update(route)
+    await mgr.settle()
+    assert len(fake.ours_in_kernel()) == 5
+    for route in routes:
+        mgr.withdraw(route.prefix)
+    await mgr.settle()
+    assert not fake.ours_in_kernel()
+    assert mgr.apply_batches == 2, "one write each way, no resync after a failed slice"
+    await mgr.stop()
