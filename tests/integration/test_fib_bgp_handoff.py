@@ -10,7 +10,7 @@ from pathlib import Path
 from bgpd.config import parse_config
 from bgpd.daemon import Daemon
 from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST, Family, Prefix
-from bgpd.standalone import SinkQueue
+from bgpd.standalone import SinkQueue, live_sink
 
 Change = tuple[Family, Prefix, object]
 
@@ -85,3 +85,17 @@ async def test_a_failing_sink_loses_only_that_change(tmp_path: Path) -> None:
     await queue.drained()
     assert got == [(1, 32), (3, 32)]
     runner.cancel()
+
+
+async def test_a_live_sink_hands_over_at_once_until_a_stop_is_asked_for(tmp_path: Path) -> None:
+    """With routes handed over as they are decided (no routes of ours in the kernel at
+    start), each change goes straight to the bridge, and a shutdown's withdrawals do not."""
+    daemon = _daemon(tmp_path)
+    got: list[Change] = []
+    put = live_sink(daemon, lambda f, p, paths: got.append((f, p, paths)))
+    put(IPV4_UNICAST, (1 << 8, 24), ())
+    put(IPV6_UNICAST, (2 << 8, 24), None)
+    assert got == [(IPV4_UNICAST, (1 << 8, 24), ()), (IPV6_UNICAST, (2 << 8, 24), None)]
+    daemon.request_stop()
+    put(IPV4_UNICAST, (1 << 8, 24), None)
+    assert len(got) == 2
