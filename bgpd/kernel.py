@@ -87,7 +87,16 @@ class KernelRoutes:
                 gateways = tuple(seen)
         if gateways:
             gateways = self._gateway_sets.setdefault(gateways, gateways)
-        if self._keep_all or key in self.static:
+        if not self.static and not self._keep_all:
+            # The common case, _push inlined: direct policy, no static route to hide under.
+            if not gateways:
+                self.fib.withdraw(key)
+                return
+            last = self._last
+            if gateways is last[1] and version == last[0]:
+                self.fib.want(key, last[2])
+                return
+        elif self._keep_all or key in self.static:
             if gateways:
                 self.learned[key] = gateways
             else:

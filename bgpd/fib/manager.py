@@ -180,7 +180,13 @@ class FibManager:
             if interned is None:
                 interned = self._interned[hops] = hops
             self._last_hops = (hops, interned)
-        self._queue(prefix, interned)
+        # _queue, inlined: the RIB bridge calls this once per prefix.
+        pending = self._pending
+        if prefix not in pending:
+            self._order.append(prefix)
+            if not pending:
+                self._kick()
+        pending[prefix] = interned
 
     def latest_hops(self, prefix: Prefix) -> Hops | None:
         """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
@@ -202,7 +208,12 @@ class FibManager:
 
     def withdraw(self, prefix: Prefix) -> None:
         """Want no route of ours at ``prefix``."""
-        self._queue(prefix, None)
+        pending = self._pending  # _queue, inlined as in want()
+        if prefix not in pending:
+            self._order.append(prefix)
+            if not pending:
+                self._kick()
+        pending[prefix] = None
 
     def _queue(self, prefix: Prefix, value: object) -> None:
         pending = self._pending
