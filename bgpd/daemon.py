@@ -491,6 +491,17 @@ class Daemon:
             if rejected is None:
                 rejected = rib_in.rejected[fam] = set()
             nh = update.next_hop.get(fam, ())
+            if shared is not None and len(nlri) == 1:
+                # One prefix per UPDATE (a distinct attribute set per route): no lists to zip.
+                key = nlri[0]
+                pid = key[2]
+                prefix = (key[0], key[1])
+                path = RibPath(src, shared, nh, pid)
+                table[key if pid else prefix] = path
+                if rejected:
+                    rejected.discard(key)
+                loc.update_many(fam, ((prefix, path),), track=self._changes_wanted(peer, fam))
+                continue
             # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
             # a collection get promoted, and promotions are what trigger full collections.
             prefixes: list[Prefix] = []

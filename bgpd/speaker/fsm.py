@@ -218,6 +218,13 @@ def build_open(cfg: SessionConfig) -> Open:
     )
 
 
+class _UpdateRun(deque):  # type: ignore[type-arg]
+    """Consecutive decoded UPDATEs, queued as one event-queue entry: `next_event` hands them out
+    one `UpdateReceived` at a time, `take_updates` all at once without wrapping each."""
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class _Conn:
     conn_id: int
@@ -244,7 +251,7 @@ class Session:
         self.last_notification: tuple[int, int] | None = None
         self._rng = rng or random.Random()
         self._cache = AttrCache()
-        self._events: deque[Event] = deque()
+        self._events: deque[Event | _UpdateRun] = deque()
         self._out: dict[int, bytearray] = {}
         self._primary: _Conn | None = None
         self._candidate: _Conn | None = None
@@ -367,6 +374,7 @@ class Session:
         # else, or a decoding error, goes through `_on_message` as before. Every message of
         # one read shares `now`, so the hold timer restarts once for the first UPDATE.
         events = self._events
+        run: _UpdateRun | None = None
         counted = 0
         restarted = False
         try:
@@ -381,11 +389,19 @@ class Session:
                     if not restarted:
                         self._restart_hold(now)
                         restarted = True
-                    events.append(UpdateReceived(msg))
+                    if run is None:
+                        last = events[-1] if events else None
+                        if type(last) is _UpdateRun:
+                            run = last
+                        else:
+                            run = _UpdateRun()
+                            events.append(run)
+                    run.append(msg)
                     continue
                 if self._conn(conn_id) is not conn:
                     return
                 restarted = False
+                run = None
                 self._on_message(conn, msg_type, body, now)
         finally:
             if counted:
@@ -424,14 +440,30 @@ class Session:
     # ---- outputs ---------------------------------------------------------------------------
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        events = self._events
+        if not events:
+            return None
+        first = events[0]
+        if type(first) is _UpdateRun:
+            update = first.popleft()
+            if not first:
+                events.popleft()
+            return UpdateReceived(update)
+        return events.popleft()
 
     def take_updates(self) -> list[Update]:
-        """Pop the `UpdateReceived` events at the front of the queue; their UPDATEs, in order."""
+        """Pop the UPDATE events at the front of the queue; their UPDATEs, in order."""
         events = self._events
         out: list[Update] = []
-        while events and type(events[0]) is UpdateReceived:
-            out.append(events.popleft().update)  # type: ignore[union-attr]
+        while events:
+            first = events[0]
+            if type(first) is _UpdateRun:
+                out += first
+            elif type(first) is UpdateReceived:
+                out.append(first.update)
+            else:
+                break
+            events.popleft()
         return out
 
     def data_to_send(self) -> list[tuple[int, bytes]]:

@@ -13,8 +13,9 @@ from bgpd.daemon import Daemon
 from bgpd.neighbors import Peer
 from bgpd.speaker import errors as E
 from bgpd.speaker.attributes import PathAttributes
-from bgpd.speaker.events import SessionDown, State, UpdateReceived
-from bgpd.speaker.messages import Update, encode_keepalive, encode_updates
+from bgpd.speaker.events import RouteRefreshReceived, SessionDown, State, UpdateReceived
+from bgpd.speaker.messages import RouteRefresh as RouteRefreshMsg
+from bgpd.speaker.messages import Update, encode_keepalive, encode_message, encode_updates
 from bgpd.speaker.rib import Source
 from bgpd.speaker.transport import PeerDriver, PeerEndpoint
 from bgpd.speaker.types import IPV4_UNICAST
@@ -54,6 +55,26 @@ def test_updates_of_one_read_come_out_in_order_and_counted() -> None:
     assert got == [0x0AF40000, 0x0AF40100, 0x0AF40200]
     assert w.b.next_event() is None and w.b.take_updates() == []
     assert w.b.messages_in["update"] == 3 and w.b.messages_in["keepalive"] == before + 1
+
+
+def test_other_events_between_updates_keep_their_place() -> None:
+    w = established_pair()
+    drain(w.b)
+    msgs = one_prefix_updates(w, 4)
+    refresh = encode_message(RouteRefreshMsg(FAM, 0), w.a.context)
+    conn = conn_of(w, 1)
+    w.b.receive_data(conn, msgs[0] + msgs[1] + refresh + msgs[2], w.now)
+    w.b.receive_data(conn, msgs[3], w.now)  # joins the queued run: nothing came between
+    first = w.b.next_event()
+    assert isinstance(first, UpdateReceived) and first.update.announce[FAM][0][0] == 0x0AF40000
+    assert [u.announce[FAM][0][0] for u in w.b.take_updates()] == [0x0AF40100]
+    assert w.b.take_updates() == []
+    assert w.b.next_event() == RouteRefreshReceived(FAM, 0)
+    third = w.b.next_event()
+    assert isinstance(third, UpdateReceived) and third.update.announce[FAM][0][0] == 0x0AF40200
+    fourth = w.b.next_event()
+    assert isinstance(fourth, UpdateReceived) and fourth.update.announce[FAM][0][0] == 0x0AF40300
+    assert w.b.next_event() is None
 
 
 def test_a_read_restarts_the_hold_timer_at_its_time() -> None:
