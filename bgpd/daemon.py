@@ -430,8 +430,11 @@ class Daemon:
         self.observer.on_updates(addr, updates)
         peer = self.peers[addr]
         imp = self._import_update
+        # Whether anyone wants to hear of changes is the same for the whole batch unless an
+        # End-of-RIB in it moves convergence on (`_import_update` then empties this).
+        wanted: dict[Family, bool] = {}
         for update in updates:
-            imp(peer, update)
+            imp(peer, update, wanted)
         self._work.set()
         self._check_max_prefix(peer)
 
@@ -441,8 +444,15 @@ class Daemon:
         self._work.set()
         self._check_max_prefix(peer)
 
-    def _import_update(self, peer: Peer, update: Update) -> None:
-        """Adj-RIB-In and Loc-RIB changes for one UPDATE; the caller wakes the route worker."""
+    def _import_update(
+        self, peer: Peer, update: Update, wanted: dict[Family, bool] | None = None
+    ) -> None:
+        """Adj-RIB-In and Loc-RIB changes for one UPDATE; the caller wakes the route worker.
+
+        `wanted` caches `_changes_wanted` per family across the UPDATEs of one batch.
+        """
+        if wanted is None:
+            wanted = {}
         addr = peer.config.address
         for diag in update.diagnostics:
             log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
@@ -463,7 +473,7 @@ class Daemon:
                 elif rejected:
                     rejected.discard(key)
             if gone:
-                track = self._changes_wanted(peer, fam)
+                track = self._wanted(peer, fam, wanted)
                 loc.withdraw_many(fam, addr, zip(gone, ids), track=track)
         attrs = update.attrs
         if attrs is None:
@@ -471,6 +481,7 @@ class Daemon:
             eor = update.end_of_rib()
             if eor is not None:
                 self._on_eor(peer, eor)
+                wanted.clear()
                 return
         if attrs is None or not update.announce or peer.source is None:
             return
@@ -500,7 +511,7 @@ class Daemon:
                 table[key if pid else prefix] = path
                 if rejected:
                     rejected.discard(key)
-                loc.update_many(fam, ((prefix, path),), track=self._changes_wanted(peer, fam))
+                loc.update_many(fam, ((prefix, path),), track=self._wanted(peer, fam, wanted))
                 continue
             # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
             # a collection get promoted, and promotions are what trigger full collections.
@@ -517,7 +528,7 @@ class Daemon:
                     paths.append(path)
                 if rejected:
                     rejected.difference_update(nlri)
-                loc.update_many(fam, zip(prefixes, paths), track=self._changes_wanted(peer, fam))
+                loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
                 continue
             for key in nlri:
                 pid = key[2]
@@ -537,7 +548,13 @@ class Daemon:
                 table[key if pid else prefix] = path
                 prefixes.append(prefix)
                 paths.append(path)
-            loc.update_many(fam, zip(prefixes, paths), track=self._changes_wanted(peer, fam))
+            loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
+
+    def _wanted(self, peer: Peer, fam: Family, cache: dict[Family, bool]) -> bool:
+        got = cache.get(fam)
+        if got is None:
+            got = cache[fam] = self._changes_wanted(peer, fam)
+        return got
 
     def _changes_wanted(self, peer: Peer, fam: Family) -> bool:
         """Whether anyone must hear of Loc-RIB changes in `fam` made by `peer`'s routes now.
