@@ -322,15 +322,23 @@ class BgpMetrics(_Area):
 
     def on_updates(self, peer: str, updates: list[Update]) -> None:
         """Count the prefixes of UPDATEs received from `peer` (one read's worth at a time)."""
-        # The hot path: plain int additions on rows bound once per peer and family.
+        # The hot path: plain int additions on rows bound once per peer and family, and looked
+        # up once per batch.
         pending = self._pending
+        rows: dict[Any, list[Any]] = {}
         for update in updates:
             for fam, nlri in update.announce.items():
-                row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                row = rows.get(fam)
+                if row is None:
+                    row = rows[fam] = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
                 row[0] += len(nlri)
             if update.withdraw:
                 for fam, nlri in update.withdraw.items():
-                    row = pending.get(("in", peer, fam)) or self._bind("in", peer, fam)
+                    row = rows.get(fam)
+                    if row is None:
+                        row = rows[fam] = pending.get(("in", peer, fam)) or self._bind(
+                            "in", peer, fam
+                        )
                     row[1] += len(nlri)
 
     def observe_session(self, peer: str, session: Any) -> None:
