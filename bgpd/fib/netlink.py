@@ -155,6 +155,9 @@ class NetlinkFib(Fib):
         self.batch = batch
         self.sock = open_socket(netns)
         self.sock.settimeout(10.0)
+        # The kernel refuses (EMSGSIZE) a sendmsg longer than the send buffer: wide ECMP
+        # routes or a buffer we could not enlarge must not turn a batch into an error.
+        self.send_max = max(1 << 16, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
         self._seq = 1
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fib-writer")
         self.links: dict[str, int] = {}
@@ -363,8 +366,12 @@ class NetlinkFib(Fib):
             return errors
         ack_seq = seq0 + n
         append(m.NLMSGHDR.pack(16, m.NLMSG_NOOP, m.NLM_F_REQUEST | m.NLM_F_ACK, ack_seq, 0))
-        self.sock.send(b"".join(parts))
-        self.sendmsg_calls += 1
+        data = b"".join(parts)
+        if len(data) <= self.send_max:
+            self.sock.send(data)
+            self.sendmsg_calls += 1
+        else:
+            self._send_split(parts)
         self.messages_sent += len(parts) - 1
         done = False
         while not done:
@@ -402,6 +409,22 @@ class NetlinkFib(Fib):
             1 for e in errors if not (e.op == "delete" and e.errno == errno.ESRCH)
         )
         return errors
+
+    def _send_split(self, parts: list[bytes]) -> None:
+        """Send ``parts`` (whole messages) in order, as few sendmsgs as ``send_max`` allows.
+        The kernel takes each in turn, so sequence numbers and the final ack work as for one."""
+        group: list[bytes] = []
+        size = 0
+        for part in parts:
+            if size + len(part) > self.send_max and group:
+                self.sock.send(b"".join(group))
+                self.sendmsg_calls += 1
+                group, size = [], 0
+            group.append(part)
+            size += len(part)
+        if group:
+            self.sock.send(b"".join(group))
+            self.sendmsg_calls += 1
 
     # -- monitor ----------------------------------------------------------------------------
 

@@ -488,6 +488,25 @@ async def test_every_error_in_a_batch_is_mapped_to_its_route(lab):
     fib.close()
 
 
+async def test_a_batch_longer_than_the_send_buffer_goes_in_several_sendmsgs(lab):
+    """The kernel refuses a sendmsg longer than the socket's send buffer; a batch that would
+    be (wide ECMP routes, a buffer we could not enlarge) is split at message boundaries,
+    and every failure still maps back to its route."""
+    ns = host(lab)
+    fib = NetlinkFib(PROTO, netns=ns.name, batch=500)
+    fib.send_max = 1000  # ~18 messages per sendmsg
+    good = [route(f"10.244.{i}.0/26", "198.18.0.2") for i in range(200)]
+    off_link = route("10.244.201.0/26", "198.19.9.9")
+    writes = [*good[:100], off_link, *good[100:]]
+    errors = await fib.apply(writes, [])
+    assert [(str(e.route), e.errno) for e in errors] == [(str(off_link), 101)]
+    assert fib.sendmsg_calls > 10
+    assert {net_text(r.prefix) for r in good} <= set(kernel(ns, 4))
+    errors = await fib.apply([], [r.prefix for r in good])
+    assert errors == [] and not {net_text(r.prefix) for r in good} & set(kernel(ns, 4))
+    fib.close()
+
+
 async def test_the_monitor_hears_no_echo_of_our_writes_but_hears_others(lab):
     """Each route we write or delete comes back on the monitor socket; a socket filter drops
     those of our writer in the kernel (at 500k routes, parsing them cost more than writing),
