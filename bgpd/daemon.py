@@ -1,7 +1,7 @@
 """The standalone BGP daemon: one task owns every session, the RIB and what we announce.
 
 Received routes go through the import checks and filters into each peer's Adj-RIB-In and the
-Loc-RIB. A single route worker decides dirty prefixes in slices, yielding to the loop between
+Loc-RIB (`bgpd.route_import`, the base class of `Daemon`). A single route worker decides dirty prefixes in slices, yielding to the loop between
 slices so keepalives are never starved, and hands the changes to the update groups
 (`bgpd.reflector.groups`), which diff every peer's Adj-RIB-Out and share encoded UPDATEs.
 
@@ -31,10 +31,9 @@ from bgpd.config import Config, ConfigError, NeighborConfig, load_config
 from bgpd.control import ControlServer
 from bgpd.neighbors import Peer, SyncJob, global_ipv6_address, status_row
 from bgpd.observe import Observer
-from bgpd.reflector.export import ExportPolicy, LocalView, import_loop
-from bgpd.reflector.filters import apply_filter
+from bgpd.reflector.export import ExportPolicy, LocalView
 from bgpd.reflector.groups import EncodeCache, Outbound, export_changes
-from bgpd.speaker import errors as E
+from bgpd.route_import import RouteImport
 from bgpd.speaker import gr
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.bestpath import DecisionConfig, make_decider
@@ -51,8 +50,6 @@ from bgpd.speaker.fsm import Session, SessionConfig, build_open
 from bgpd.speaker.messages import (
     ROUTE_REFRESH_BORR,
     ROUTE_REFRESH_EORR,
-    ROUTE_REFRESH_NORMAL,
-    Update,
     encode_end_of_rib,
 )
 from bgpd.speaker.rib import AttrInterner, Entry, LocRib, Source
@@ -76,7 +73,7 @@ LOCAL_SOURCE = Source("", 0, 0, 0, False, local=True)
 RouteSink = Callable[[Family, Prefix, tuple[RibPath, ...] | None], None]
 
 
-class Daemon:
+class Daemon(RouteImport):
     """Owns sessions and routes; every mutation happens on the event loop's one thread."""
 
     def __init__(
@@ -420,222 +417,6 @@ class Daemon:
         log.info("peer %s: %s over, %d stale routes removed", peer.config.address, why, n)
         peer.stale.clear()
         peer.stale_timer = peer.restart_timer = None
-
-    # -- import ------------------------------------------------------------------------------
-
-    def _on_updates(self, driver: PeerDriver, updates: list[Update]) -> None:
-        """The UPDATEs one read completed: imported in order; waking the route worker and the
-        max-prefix check are per batch (a teardown queued by it follows the batch)."""
-        addr = driver.endpoint.address
-        self.observer.on_updates(addr, updates)
-        peer = self.peers[addr]
-        imp = self._import_update
-        # Whether anyone wants to hear of changes is the same for the whole batch unless an
-        # End-of-RIB in it moves convergence on (`_import_update` then empties this).
-        wanted: dict[Family, bool] = {}
-        for update in updates:
-            imp(peer, update, wanted)
-        self._work.set()
-        self._check_max_prefix(peer)
-
-    def _on_update(self, peer: Peer, update: Update) -> None:
-        """One UPDATE on its own (see `_on_updates`)."""
-        self._import_update(peer, update)
-        self._work.set()
-        self._check_max_prefix(peer)
-
-    def _import_update(
-        self, peer: Peer, update: Update, wanted: dict[Family, bool] | None = None
-    ) -> None:
-        """Adj-RIB-In and Loc-RIB changes for one UPDATE; the caller wakes the route worker.
-
-        `wanted` caches `_changes_wanted` per family across the UPDATEs of one batch.
-        """
-        if wanted is None:
-            wanted = {}
-        addr = peer.config.address
-        for diag in update.diagnostics:
-            log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
-        rib_in, loc = peer.rib_in, self.loc_rib
-        # Adj-RIB-In keys: the prefix itself without ADD-PATH, so that the Loc-RIB can hold
-        # the very same key object; the (addr, len, path id) NLRI with it (see AdjRibIn).
-        for fam, nlri in update.withdraw.items():
-            table = rib_in.table(fam)
-            rejected = rib_in.rejected.get(fam)
-            gone: list[Prefix] = []
-            ids: list[int] = []
-            for key in nlri:
-                pid = key[2]
-                prefix = (key[0], key[1])
-                if table.pop(key if pid else prefix, None) is not None:
-                    gone.append(prefix)
-                    ids.append(pid)
-                elif rejected:
-                    rejected.discard(key)
-            if gone:
-                track = self._wanted(peer, fam, wanted)
-                loc.withdraw_many(fam, addr, zip(gone, ids), track=track)
-        attrs = update.attrs
-        if attrs is None:
-            # Only an UPDATE without attributes can be End-of-RIB.
-            eor = update.end_of_rib()
-            if eor is not None:
-                self._on_eor(peer, eor)
-                wanted.clear()
-                return
-        if attrs is None or not update.announce or peer.source is None:
-            return
-        src = peer.source
-        loop_reason = import_loop(attrs, self.local, src.ebgp)
-        if src.ebgp and (attrs.local_pref is not None or attrs.originator_id is not None):
-            # LOCAL_PREF and the RR attributes from another AS mean nothing here (RFC 4271
-            # §5.1.5, RFC 4456 §8).
-            attrs = replace(attrs, local_pref=None, originator_id=None, cluster_list=())
-        flt = peer.config.import_filter
-        shared: PathAttributes | None = None
-        if loop_reason is None and (flt is None or flt.prefix_independent):
-            got = attrs if flt is None else apply_filter(flt, IPV4_UNICAST, (0, 0), attrs, src.ebgp)
-            shared = self.interner.intern(got) if got is not None else None
-        for fam, nlri in update.announce.items():
-            table = rib_in.table(fam)
-            rejected = rib_in.rejected.get(fam)
-            if rejected is None:
-                rejected = rib_in.rejected[fam] = set()
-            nh = update.next_hop.get(fam, ())
-            if shared is not None and len(nlri) == 1:
-                # One prefix per UPDATE (a distinct attribute set per route): no lists to zip.
-                key = nlri[0]
-                pid = key[2]
-                prefix = (key[0], key[1])
-                path = RibPath(src, shared, nh, pid)
-                table[key if pid else prefix] = path
-                if rejected:
-                    rejected.discard(key)
-                loc.update_many(fam, ((prefix, path),), track=self._wanted(peer, fam, wanted))
-                continue
-            # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
-            # a collection get promoted, and promotions are what trigger full collections.
-            prefixes: list[Prefix] = []
-            paths: list[RibPath] = []
-            if shared is not None:
-                # Every prefix takes the same attributes: the common case, kept tight.
-                for key in nlri:
-                    pid = key[2]
-                    prefix = (key[0], key[1])
-                    path = RibPath(src, shared, nh, pid)
-                    table[key if pid else prefix] = path
-                    prefixes.append(prefix)
-                    paths.append(path)
-                if rejected:
-                    rejected.difference_update(nlri)
-                loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
-                continue
-            for key in nlri:
-                pid = key[2]
-                prefix = (key[0], key[1])
-                if loop_reason is not None or flt is None or flt.prefix_independent:
-                    use = None  # the shared verdict was a refusal
-                else:
-                    got = apply_filter(flt, fam, prefix, attrs, src.ebgp)
-                    use = self.interner.intern(got) if got is not None else None
-                if use is None:
-                    rejected.add(key)
-                    if table.pop(key if pid else prefix, None) is not None:
-                        loc.withdraw(fam, prefix, addr, pid)
-                    continue
-                rejected.discard(key)
-                path = RibPath(src, use, nh, pid)
-                table[key if pid else prefix] = path
-                prefixes.append(prefix)
-                paths.append(path)
-            loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
-
-    def _wanted(self, peer: Peer, fam: Family, cache: dict[Family, bool]) -> bool:
-        got = cache.get(fam)
-        if got is None:
-            got = cache[fam] = self._changes_wanted(peer, fam)
-        return got
-
-    def _changes_wanted(self, peer: Peer, fam: Family) -> bool:
-        """Whether anyone must hear of Loc-RIB changes in `fam` made by `peer`'s routes now.
-
-        No: while the FIB sink waits for convergence (it is then handed the whole table), and
-        while no other peer can be sent the family and `peer` holds nothing of ours in it
-        (a peer that comes up later is sent the whole table). Then a prefix decided as it is
-        stored needs no slice of the route worker at all.
-        """
-        if self.route_sink is not None and (self.sink_live or self.converged.is_set()):
-            return True
-        if not self._export_enabled:
-            return False
-        key = peer.config.address
-        for other in self.peers.values():
-            m = other.out
-            if m is not None and fam in m.policies and (m.key != key or m.rib_out.count(fam)):
-                return True
-        return False
-
-    def _check_max_prefix(self, peer: Peer) -> None:
-        limit = peer.config.max_prefix
-        if limit is None:
-            return
-        count = peer.rib_in.accepted_count()
-        if count <= limit:
-            return
-        nb = peer.config
-        if nb.max_prefix_action == "warn":
-            if not peer.max_prefix_warned:
-                log.warning("peer %s: %d prefixes, above max-prefix %d", nb.address, count, limit)
-                peer.max_prefix_warned = True
-            return
-        if peer.hard_reset:
-            return
-        log.error(
-            "peer %s: %d prefixes, above max-prefix %d: session torn down%s",
-            nb.address,
-            count,
-            limit,
-            f", restart in {nb.max_prefix_restart}s" if nb.max_prefix_restart else "",
-        )
-        peer.hard_reset = True
-        peer.driver.stop(subcode=E.CEASE_MAX_PREFIXES)
-        if nb.max_prefix_restart:
-            loop = asyncio.get_running_loop()
-            peer.restart_timer = loop.call_later(nb.max_prefix_restart, peer.driver.start)
-
-    def _on_eor(self, peer: Peer, fam: Family) -> None:
-        peer.eor_received.add(fam)
-        if fam in peer.stale:
-            n = self._flush_peer(peer, fam, only_stale=True)
-            peer.stale.discard(fam)
-            log.info("peer %s: End-of-RIB %s, %d stale routes removed",
-                     peer.config.address, fam.name, n)  # fmt: skip
-            if not peer.stale and peer.stale_timer is not None:
-                peer.stale_timer.cancel()
-                peer.stale_timer = None
-        neg = peer.negotiated
-        if neg is not None and neg.families <= peer.eor_received:
-            self._awaiting_eor.discard(peer.config.address)
-            if not self._awaiting_eor:
-                self._converge("End-of-RIB from every neighbor")
-        self._work.set()
-
-    def _on_route_refresh(self, peer: Peer, event: RouteRefreshReceived) -> None:
-        fam = event.family
-        if event.subtype == ROUTE_REFRESH_NORMAL:
-            neg = peer.negotiated
-            enhanced = bool(neg and neg.enhanced_route_refresh)
-            log.info("peer %s: route refresh requested for %s", peer.config.address, fam.name)
-            if self._export_enabled:
-                self._start_sync(peer, fam, force=True, enhanced=enhanced)
-        elif event.subtype == ROUTE_REFRESH_BORR:
-            # RFC 7313: everything the peer re-sends until EoRR is fresh; the rest goes then.
-            self._mark_stale(peer, fam)
-        elif event.subtype == ROUTE_REFRESH_EORR:
-            n = self._flush_peer(peer, fam, only_stale=True)
-            if n:
-                log.info("peer %s: EoRR %s, %d stale routes removed",
-                         peer.config.address, fam.name, n)  # fmt: skip
 
     # -- convergence -------------------------------------------------------------------------
 
