@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from bgpd.health import BGP_SESSIONS, FIB_SYNCED, HealthServer, Readiness
-from bgpd.metrics import Metrics
+from bgpd.metrics import BgpMetrics, Metrics
 from bgpd.sdnotify import Notifier
 from bgpd.speaker.events import Event, SessionDown, State, StateChanged
 from bgpd.speaker.rib import Path as RibPath
@@ -140,23 +140,25 @@ class Observer:
 
     def on_event(self, peer: str, event: Event) -> None:
         """Every event a PeerDriver reports (the daemon's first line of `_on_event`)."""
-        bgp = self.metrics.bgp
+        bgp = self._bgp_for(peer)
         if bgp is not None:
-            if peer not in self._peers:
-                self._peers.add(peer)
-                bgp.add_peer(peer)
             bgp.on_event(peer, event)
         if isinstance(event, (StateChanged, SessionDown)):
             self.refresh()
 
     def on_updates(self, peer: str, updates: list[Update]) -> None:
         """The UPDATEs of one read from `peer`, as a PeerDriver batches them (see on_event)."""
-        bgp = self.metrics.bgp
+        bgp = self._bgp_for(peer)
         if bgp is not None:
-            if peer not in self._peers:
-                self._peers.add(peer)
-                bgp.add_peer(peer)
             bgp.on_updates(peer, updates)
+
+    def _bgp_for(self, peer: str) -> BgpMetrics | None:
+        """The BGP metrics, with `peer`'s rows created the first time it reports anything."""
+        bgp = self.metrics.bgp
+        if bgp is not None and peer not in self._peers:
+            self._peers.add(peer)
+            bgp.add_peer(peer)
+        return bgp
 
     def refresh(self) -> None:
         """Re-evaluate every readiness condition."""
