@@ -307,9 +307,7 @@ class Daemon(RouteImport):
             # RFC 4724 §4.1: don't wait for End-of-RIB from a peer without GR, or from one
             # that is restarting too; it waits for ours, and two restarting speakers would
             # otherwise hold each other until select-defer-time (nodes that boot together).
-            self._awaiting_eor.discard(peer.config.address)
-            if not self._awaiting_eor:
-                self._converge("End-of-RIB from every neighbor that owes one")
+            self._owes_no_eor(peer, "End-of-RIB from every neighbor that owes one")
         self._work.set()
 
     def _export_policy(self, peer: Peer, fam: Family) -> ExportPolicy:

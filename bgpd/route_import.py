@@ -239,10 +239,14 @@ class RouteImport:
                 peer.stale_timer = None
         neg = peer.negotiated
         if neg is not None and neg.families <= peer.eor_received:
-            self._awaiting_eor.discard(peer.config.address)
-            if not self._awaiting_eor:
-                self._converge("End-of-RIB from every neighbor")
+            self._owes_no_eor(peer, "End-of-RIB from every neighbor")
         self._work.set()
+
+    def _owes_no_eor(self, peer: Peer, why: str) -> None:
+        """Initial convergence waits no longer for `peer`; it is done when nobody is left."""
+        self._awaiting_eor.discard(peer.config.address)
+        if not self._awaiting_eor:
+            self._converge(why)
 
     def _on_route_refresh(self, peer: Peer, event: RouteRefreshReceived) -> None:
         fam = event.family
