@@ -208,10 +208,10 @@ def _group_exports(
             continue
         entries: list[tuple[int, PathAttributes, tuple[int, ...]]] = []
         owned: list[tuple[Outbound, ...]] = []
-        for p in dest.paths:
+        for p, tx in zip(dest.paths, dest.txs):
             r = exported(p, prefix)
             if r is not None:
-                entries.append((p.tx_id, r[0], r[1]))
+                entries.append((tx, r[0], r[1]))
                 owned.append(owners(p))
         shared: Sent = tuple(entries)
         x: Exclusions | None = None

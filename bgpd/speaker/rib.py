@@ -48,12 +48,20 @@ UNREACHABLE = "next-hop-reachable"
 
 
 class Path:
-    """One candidate route for one prefix. Mutable only by the RIB: `stale` and `tx_id`."""
+    """One candidate route: a source, attributes and next hop, shared by every prefix of the
+    UPDATE that carried it (one object per UPDATE, not per prefix: about 80 bytes per route).
 
-    __slots__ = ("attrs", "next_hop", "path_id", "source", "stale", "tx_id")
+    Mutable only by the RIB, and only as a whole: `stale` marks every prefix the path holds,
+    which is what graceful restart and enhanced route refresh want (they mark all of a peer's
+    routes of a family). Anything per prefix lives in the prefix's `Destination` (the ADD-PATH
+    ids we send a path with); a lone path sends id 1.
+    """
+
+    __slots__ = ("attrs", "next_hop", "path_id", "source", "stale")
 
     # Stored bare in the Loc-RIB, a Path is the decided sole winner of its prefix.
     reason = ONLY_PATH
+    txs = (1,)
 
     def __init__(
         self,
@@ -67,8 +75,6 @@ class Path:
         self.attrs = attrs
         self.next_hop = next_hop
         self.stale = False
-        # Our own ADD-PATH id for this path when we send it on; unique within its Destination.
-        self.tx_id = 0
 
     @property
     def nh(self) -> int | None:
@@ -96,12 +102,18 @@ NO_ROUTE: Outcome = (None, "", ())
 
 
 class Destination:
-    """Every candidate path of one prefix and the last decision over them."""
+    """Every candidate path of one prefix and the last decision over them.
 
-    __slots__ = ("best", "multipath", "paths", "reason")
+    `txs[i]` is the ADD-PATH id we send `paths[i]` with: unique within the prefix, kept while
+    the same (source, path id) is replaced, reused once freed. It lives here, not on the Path,
+    because one Path is shared by all the prefixes of its UPDATE.
+    """
+
+    __slots__ = ("best", "multipath", "paths", "reason", "txs")
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
+        self.txs: list[int] = []
         self.best: Path | None = None
         self.reason = ""
         self.multipath: tuple[Path, ...] = ()
@@ -111,31 +123,39 @@ class Destination:
         """A Destination for a prefix whose one path `path` was decided (best or unreachable)."""
         d = cls()
         d.paths.append(path)
+        d.txs.append(1)
         if best:
             d.best, d.reason, d.multipath = path, ONLY_PATH, (path,)
         else:
             d.reason = UNREACHABLE
         return d
 
+    def tx_of(self, path: Path) -> int:
+        """The ADD-PATH id `path` is sent with for this prefix."""
+        for p, tx in zip(self.paths, self.txs):
+            if p is path:
+                return tx
+        raise KeyError(path)
+
     def add(self, path: Path) -> Path | None:
         """Insert or replace the path of the same (source, path id); returns the replaced one."""
         for i, old in enumerate(self.paths):
             if old.source.key == path.source.key and old.path_id == path.path_id:
-                path.tx_id = old.tx_id
                 self.paths[i] = path
                 return old
-        used = {p.tx_id for p in self.paths}
+        used = self.txs
         tx = 1
         while tx in used:
             tx += 1
-        path.tx_id = tx
         self.paths.append(path)
+        used.append(tx)
         return None
 
     def remove(self, key: str, path_id: int) -> Path | None:
         for i, old in enumerate(self.paths):
             if old.source.key == key and old.path_id == path_id:
                 del self.paths[i]
+                del self.txs[i]
                 return old
         return None
 
@@ -290,7 +310,6 @@ class LocRib:
                 and cur.source.key == path.source.key  # type: ignore[union-attr]
             ):
                 # The prefix's only path, new or replaced by its own source: decide it here.
-                path.tx_id = 1 if cur is None else cur.tx_id  # type: ignore[union-attr]
                 nh = path.next_hop
                 ok = True
                 if reach is not None and nh and not path.source.local:

@@ -211,10 +211,11 @@ def _desired(m: Outbound, pfx, dest) -> dict:
     if dest is None or dest.best is None:
         return {}
     out = {}
-    for p in dest.paths if pol.addpath else (dest.best,):
+    pairs = zip(dest.paths, dest.txs) if pol.addpath else ((dest.best, 0),)
+    for p, tx in pairs:
         r = export_path(p, pfx, pol, LOCAL)
         if r is not None and not is_own(p, m.key, m.router_id):
-            out[p.tx_id if pol.addpath else 0] = r
+            out[tx] = r
     return out
 
 

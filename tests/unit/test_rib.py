@@ -21,13 +21,26 @@ def test_destination_replaces_same_source_and_path_id_keeping_tx_id() -> None:
     d = Destination()
     p1, p2 = mk(A), mk(A, path_id=7)
     assert d.add(p1) is None and d.add(p2) is None
-    assert (p1.tx_id, p2.tx_id) == (1, 2)
+    assert (d.tx_of(p1), d.tx_of(p2)) == (1, 2)
     p1b = mk(A, lp=200)
-    assert d.add(p1b) is p1 and p1b.tx_id == 1 and len(d.paths) == 2
+    assert d.add(p1b) is p1 and d.tx_of(p1b) == 1 and len(d.paths) == 2
     assert d.remove("a", 0) is p1b and d.remove("a", 0) is None
+    assert d.txs == [2]
     p3 = mk(B)
     d.add(p3)
-    assert p3.tx_id == 1  # the freed id is reused
+    assert d.tx_of(p3) == 1  # the freed id is reused
+
+
+def test_one_path_shared_by_many_prefixes_gets_its_tx_id_per_prefix() -> None:
+    # One Path per UPDATE serves every prefix of it, so the id it is sent with is the
+    # prefix's business: here 2 under one prefix, 1 under another, and the Path unchanged.
+    shared = mk(B)
+    d1, d2 = Destination(), Destination()
+    d1.add(mk(A))
+    d1.add(shared)
+    d2.add(shared)
+    assert (d1.tx_of(shared), d2.tx_of(shared)) == (2, 1)
+    assert not hasattr(shared, "tx_id") and shared.txs == (1,)
 
 
 def test_locrib_decides_only_dirty_prefixes_and_reports_changes() -> None:

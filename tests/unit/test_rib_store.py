@@ -59,7 +59,7 @@ def test_one_path_is_stored_bare_and_two_in_a_destination() -> None:
     dest = rib.table(FAM)[prefix(1)]
     assert isinstance(dest, Destination) and dest.paths == [p, q]
     ((_, _, got, changed),) = rib.decide(rib.take_dirty(10))
-    assert got is dest and dest.best is q and changed and (p.tx_id, q.tx_id) == (1, 2)
+    assert got is dest and dest.best is q and changed and dest.txs == [1, 2]
     rib.withdraw(FAM, prefix(1), SOURCES[1].key, 0)
     ((_, _, got, changed),) = rib.decide(rib.take_dirty(10))
     # Once two paths met, the Destination stays (no object churn when they come and go).
@@ -143,7 +143,7 @@ def test_every_outcome_is_the_full_decision_over_the_candidates(ops, multipath) 
             else:
                 assert (entry.best, entry.reason, tuple(entry.multipath)) == want
                 assert sorted(map(id, entry.paths)) == sorted(map(id, cands))
-                assert len({p.tx_id for p in entry.paths}) == len(cands)
+                assert len(set(entry.txs)) == len(cands) == len(entry.paths)
                 assert not isinstance(entry, Path) or (len(cands) == 1 and want[0] is entry)
                 now = (tuple(entry.multipath), entry.best.attrs if entry.best else None)
             before = told.get(i, ((), None))
