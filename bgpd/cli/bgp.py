@@ -30,7 +30,10 @@ def run_daemon_cmd(args: argparse.Namespace) -> int:
         return 0
     gl = config.global_
     setup_logging(args.log_level or gl.log_level, gl.log_format)
+    from bgpd.allocator import keep_big_blocks_mapped
     from bgpd.daemon import run_daemon
+
+    keep_big_blocks_mapped()
 
     return run_daemon(config)
 

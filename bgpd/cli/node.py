@@ -109,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.node import NodeOptions, run_node
+    from bgpd.allocator import keep_big_blocks_mapped
     from bgpd.datastore.url import DatastoreURLError, resolve_url
     from bgpd.logs import setup_logging
 
     setup_logging(args.log_level or "info", args.log_format)
+    keep_big_blocks_mapped()
     if not 0 <= args.metrics_port <= 65535:
         print(
             f"routemesh node run: --metrics-port {args.metrics_port}: not a port", file=sys.stderr
