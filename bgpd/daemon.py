@@ -9,7 +9,11 @@ FIB hook: `Daemon.route_sink(family, prefix, paths | None)` (optional) is called
 Loc-RIB change of a prefix with its multipath set, best first, or None when the prefix is gone.
 Calls start once initial convergence is done (`Daemon.converged` is set then), beginning with
 the whole table, or from the first route when `sink_from_start()` was called before `run()`
-(the FIB found nothing of ours in the kernel, so there is nothing a partial table could hurt). `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
+(the FIB found nothing of ours in the kernel, so there is nothing a partial table could hurt).
+`Daemon.route_sink_batch(family, [(prefix, entry or None), ...])`, when set as well, is called
+instead, once per family per decided slice (a Loc-RIB entry stands for its multipath set; None,
+or an entry without a best path, for gone), so a sink can work through a slice in one loop
+rather than one call chain per prefix. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
 `Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
 `run_daemon` wires the kernel FIB (`bgpd.standalone`) only when `[fib] enabled` says so
 (it defaults to false on a dedicated reflector, i.e. with `cluster-id` set).
@@ -71,6 +75,8 @@ SLICE = 2000  # prefixes decided/exported per worker step before yielding to the
 LOCAL_SOURCE = Source("", 0, 0, 0, False, local=True)
 
 RouteSink = Callable[[Family, Prefix, tuple[RibPath, ...] | None], None]
+# (family, [(prefix, Loc-RIB entry or None), ...]): one decided slice's changes of one family.
+RouteBatchSink = Callable[[Family, list[tuple[Prefix, Entry | None]]], None]
 
 
 class Daemon(RouteImport):
@@ -96,6 +102,8 @@ class Daemon(RouteImport):
         self.started = time.time()
         self._stopping = asyncio.Event()
         self.route_sink = route_sink
+        # Used in place of route_sink when both are set (route_sink says that a sink exists).
+        self.route_sink_batch: RouteBatchSink | None = None
         self.decision = DecisionConfig(
             router_id=self.router_id,
             always_compare_med=gl.always_compare_med,
@@ -507,11 +515,24 @@ class Daemon(RouteImport):
     def _decide_slice(self) -> None:
         changes = self.loc_rib.decide(self.loc_rib.take_dirty(SLICE))
         by_fam: dict[Family, list[tuple[Prefix, Entry | None]]] = {}
-        sink = self.route_sink if self.sink_live or self.converged.is_set() else None
+        sinking = self.route_sink is not None and (self.sink_live or self.converged.is_set())
+        # The FIB gets one list per family per slice; a slice holds one family or few.
+        to_fib: dict[Family, list[tuple[Prefix, Entry | None]]] = {}
+        last: Family | None = None
+        items: list[tuple[Prefix, Entry | None]] = []
+        fib_items: list[tuple[Prefix, Entry | None]] = []
         for fam, prefix, dest, fib_changed in changes:
-            by_fam.setdefault(fam, []).append((prefix, dest))
-            if sink is not None and fib_changed:
-                self._sink(sink, fam, prefix, dest)
+            if fam is not last:
+                items = by_fam.setdefault(fam, [])
+                fib_items = to_fib.setdefault(fam, [])
+                last = fam
+            item = (prefix, dest)
+            items.append(item)
+            if fib_changed and sinking:
+                fib_items.append(item)
+        for fam, fib_items in to_fib.items():
+            if fib_items:
+                self._sink_batch(fam, fib_items)
         if not self._export_enabled:
             return
         encoder: EncodeCache | None = None
@@ -566,13 +587,35 @@ class Daemon(RouteImport):
         peer.driver.pump()
 
     def _sink_everything(self) -> None:
-        sink = self.route_sink
-        if sink is None:
+        if self.route_sink is None:
             return
         for fam in list(self.loc_rib.tables):
+            chunk: list[tuple[Prefix, Entry | None]] = []
             for prefix, dest in self.loc_rib.destinations(fam):
                 if dest.best is not None:
-                    self._sink(sink, fam, prefix, dest)
+                    chunk.append((prefix, dest))
+                    if len(chunk) >= SLICE:
+                        self._sink_batch(fam, chunk)
+                        chunk = []
+            if chunk:
+                self._sink_batch(fam, chunk)
+
+    def _sink_batch(self, fam: Family, items: list[tuple[Prefix, Entry | None]]) -> None:
+        batch = self.route_sink_batch
+        if batch is not None:
+            try:
+                batch(fam, items)
+            except Exception:
+                log.exception(
+                    "route sink failed for %d routes from %s",
+                    len(items),
+                    prefix_to_str(fam.afi, items[0][0]),
+                )
+            return
+        sink = self.route_sink
+        if sink is not None:
+            for prefix, dest in items:
+                self._sink(sink, fam, prefix, dest)
 
     @staticmethod
     def _sink(sink: RouteSink, fam: Family, prefix: Prefix, dest: Entry | None) -> None:

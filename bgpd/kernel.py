@@ -2,7 +2,7 @@
 next-hop reachability back to the decision process.
 
 The RIB calls ``sink(family, prefix, paths)`` for every Loc-RIB change (multipath set, best
-first; None when gone). The bridge turns the paths' next hops into one ``Route`` through a
+first; None when gone), or ``sink_batch(family, [(prefix, entry), ...])`` once per decided slice. The bridge turns the paths' next hops into one ``Route`` through a
 forwarding policy: plain gateways for a standalone bgpd, the pool's tunnel rules for a node
 (``agent.routing.forward_route``). Locally originated paths are never installed: a node's own
 blocks get blackholes, which the node hands in as static routes.
@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from bgpd.fib.manager import FibManager
 from bgpd.fib.types import Hops, NextHop, Prefix, Route
+from bgpd.speaker.rib import Entry
 from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.types import AFI_IPV4, Family
 
@@ -32,6 +33,18 @@ def direct(prefix: Prefix, gateways: Sequence[IPAddress]) -> Route | None:
     if not gateways:
         return None
     return Route(prefix, tuple(NextHop(int(gw)) for gw in gateways))
+
+
+def _gateways_of(paths: Sequence[RibPath]) -> tuple[int, ...]:
+    """The distinct next hops of paths learnt from peers, in the order given (best first)."""
+    seen: list[int] = []
+    for path in paths:
+        if path.source.local or not path.next_hop:
+            continue
+        gw = path.next_hop[0]
+        if gw not in seen:
+            seen.append(gw)
+    return tuple(seen)
 
 
 def _address(version: int, value: int) -> IPAddress:
@@ -102,6 +115,58 @@ class KernelRoutes:
             else:
                 self.learned.pop(key, None)
         self._push(key, gateways)
+
+    def sink_batch(
+        self, family: Family, items: Sequence[tuple[tuple[int, int], Entry | None]]
+    ) -> None:
+        """``sink`` for one decided slice of one family: (prefix, Loc-RIB entry) pairs, an
+        entry standing for its multipath set (None, or no best path: gone). The FIB gets the
+        slice in one call, as runs of prefixes that share next hops, so the per-prefix work is
+        one loop here and one in the manager (500 prefixes of an UPDATE share one run)."""
+        if self.static or self._keep_all:
+            # Statics to hide under, or a policy that needs every prefix's gateways kept.
+            for prefix, entry in items:
+                best = entry is not None and entry.best is not None
+                self.sink(family, prefix, entry.multipath if best else None)  # type: ignore[union-attr]
+            return
+        version = 4 if family.afi == AFI_IPV4 else 6
+        runs: list[tuple[Hops | None, list[Prefix]]] = []
+        run: list[Prefix] = []
+        run_hops: object = runs  # no run yet: matches no Hops and not None
+        last_gw = -1
+        last_hops: Hops | None = None
+        for prefix, entry in items:
+            hops: Hops | None = None
+            if entry is None:
+                pass
+            elif entry.__class__ is RibPath:
+                nh = entry.next_hop  # type: ignore[union-attr]
+                if nh and not entry.source.local:  # type: ignore[union-attr]
+                    gw = nh[0]
+                    if gw == last_gw:
+                        hops = last_hops
+                    else:
+                        hops = last_hops = self._hops(version, (gw,))
+                        last_gw = gw
+            elif entry.best is not None:
+                gateways = _gateways_of(entry.multipath)  # type: ignore[union-attr]
+                if gateways:
+                    hops = self._hops(version, gateways)
+            if hops is not run_hops:
+                run = []
+                runs.append((hops, run))
+                run_hops = hops
+            run.append((version, prefix[0], prefix[1]))
+        self.fib.want_runs(runs)
+
+    def _hops(self, version: int, gateways: tuple[int, ...]) -> Hops:
+        """The one shared next-hop set of the direct policy for these gateways."""
+        gateways = self._gateway_sets.setdefault(gateways, gateways)
+        found = self._direct_hops.get((version, gateways))
+        if found is None:
+            found = Route((version, 0, 0), tuple(NextHop(gw) for gw in gateways)).nexthops
+            self._direct_hops[(version, gateways)] = found
+        return found
 
     def reachable(self, family: Family, next_hop: int) -> bool:
         """The decision process's first step: can the kernel reach this BGP next hop?"""

@@ -17,9 +17,10 @@ import logging
 from collections import deque
 
 from bgpd.config import Config
-from bgpd.daemon import Daemon, RouteSink
+from bgpd.daemon import Daemon, RouteBatchSink, RouteSink
 from bgpd.fib.manager import FibManager, manager_from_config
 from bgpd.kernel import KernelRoutes
+from bgpd.speaker.rib import Entry
 from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.types import Family, Prefix, prefix_to_str
 
@@ -44,6 +45,7 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
             # Nothing of ours in the kernel to keep steady: write while the table loads.
             daemon.sink_from_start()
             daemon.route_sink = live_sink(daemon, kernel.sink)
+            daemon.route_sink_batch = live_batch_sink(daemon, kernel.sink_batch)
         kernel.reachability_changed = daemon.reachability_changed
     daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     tasks = [
@@ -132,6 +134,18 @@ def live_sink(daemon: Daemon, sink: RouteSink) -> RouteSink:
     def put(family: Family, prefix: Prefix, paths: tuple[RibPath, ...] | None) -> None:
         if not daemon.stopping:
             sink(family, prefix, paths)
+
+    return put
+
+
+def live_batch_sink(daemon: Daemon, sink: RouteBatchSink) -> RouteBatchSink:
+    """``live_sink`` for the route worker's batches: one call per decided slice and family,
+    which the bridge works through in one loop (one call chain per prefix cost ~2 us of the
+    loop per route at 500k)."""
+
+    def put(family: Family, items: list[tuple[Prefix, Entry | None]]) -> None:
+        if not daemon.stopping:
+            sink(family, items)
 
     return put
 

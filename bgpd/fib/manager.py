@@ -26,6 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from operator import itemgetter
 
 from bgpd.fib.base import Fib
 from bgpd.fib.kernelsync import _ABSENT, _RECHECK, KernelSync
@@ -47,6 +48,8 @@ log = logging.getLogger("bgpd.fib")
 ReachabilityCallback = Callable[[int, int, bool], None]
 # (ip version, id of an interned Hops): the same next hops mean another thing in IPv6.
 HopsKey = tuple[int, int]
+# The prefix of a (prefix, hops, replace) write, in C: a generator resumed per route costs more.
+_first = itemgetter(0)
 
 
 class FibManager(KernelSync):
@@ -119,6 +122,7 @@ class FibManager(KernelSync):
         self._watched: set[tuple[int, int]] = set()
         self._link_up: dict[int, bool] = {}
         self._converged = False
+        self._syncing = False  # a prune or resync is under way (works from a snapshot)
         self._prune_wanted = False
         self._resync_wanted = False
         self._gateways_dirty = False
@@ -188,6 +192,126 @@ class FibManager(KernelSync):
             if not pending:
                 self._kick()
         pending[prefix] = interned
+
+    def want_runs(self, runs: Iterable[tuple[Hops | None, list[Prefix]]]) -> None:
+        """``want``/``withdraw`` for many prefixes at once: each run is next hops (None to
+        withdraw) and the prefixes that get them. The RIB bridge's path, one call per decided
+        slice: when nothing is queued the changes are decided here and now, in one loop with
+        the next hops interned and resolved once per run, and handed to the kernel writer
+        (or joined to the write it is taking); otherwise they queue as one by one."""
+        if (
+            self._pending
+            or self._syncing
+            or self._task is None
+            or len(self._next_writes) + len(self._next_deletes) >= self.write_max
+        ):
+            # Behind queued changes (order), a prune or resync (it works from a snapshot of
+            # desired and installed), or a writer that cannot keep up (the queue then holds
+            # one entry per prefix, not a write each).
+            for hops, prefixes in runs:
+                if hops is None:
+                    for prefix in prefixes:
+                        self.withdraw(prefix)
+                else:
+                    for prefix in prefixes:
+                        self.want(prefix, hops)
+            return
+        self._decide_runs(runs)
+        if self._next_writes or self._next_deletes or self._pending:
+            self._kick()
+            if self._flight is None:
+                try:
+                    self._launch()
+                except Exception:
+                    # As the owner task does with a failed write cycle: the scan repairs.
+                    log.exception("fib: write cycle failed; resync scheduled")
+                    self._resync_wanted = True
+
+    def _decide_runs(self, runs: Iterable[tuple[Hops | None, list[Prefix]]]) -> None:
+        """``_apply_slice``'s decision for runs of prefixes sharing next hops (see want_runs):
+        the same outcome per prefix, with the per-Hops work done once per run."""
+        writes: list[tuple[Prefix, Hops, bool]] = []
+        deletes: list[Prefix] = []
+        flying, pending = self._inflight, self._pending
+        desired, installed, refs = self.desired, self.installed, self._refs
+        repairing = self._repairing
+        for hops, prefixes in runs:
+            if not prefixes:
+                continue
+            version = prefixes[0][0]
+            dropped: Hops | None = None  # next hops given up by `drops` prefixes in a row
+            drops = 0
+            if hops is None:
+                for prefix in prefixes:
+                    if (flying and prefix in flying) or (pending and prefix in pending):
+                        self.withdraw(prefix)  # decided once its write has landed
+                        continue
+                    old = desired.pop(prefix, None)
+                    if old is not None:
+                        if old is not dropped:
+                            if drops:
+                                self._unref(version, dropped, drops)  # type: ignore[arg-type]
+                            dropped, drops = old, 0
+                        drops += 1
+                    if installed.get(prefix, _ABSENT) is not _ABSENT:
+                        deletes.append(prefix)
+                    elif repairing:
+                        repairing.discard(prefix)
+                if drops:
+                    self._unref(version, dropped, drops)  # type: ignore[arg-type]
+                continue
+            last = self._last_hops
+            if hops is last[0]:
+                interned = last[1]
+            else:
+                interned = self._interned.get(hops)  # type: ignore[assignment]
+                if interned is None:
+                    interned = self._interned[hops] = hops
+                self._last_hops = (hops, interned)
+            want = self._effective(version, interned)
+            added = 0
+            for prefix in prefixes:
+                if (flying and prefix in flying) or (pending and prefix in pending):
+                    self.want(prefix, interned)
+                    continue
+                old = desired.get(prefix)
+                if old is not interned:
+                    desired[prefix] = interned
+                    added += 1
+                    if old is not None:
+                        if old is not dropped:
+                            if drops:
+                                self._unref(version, dropped, drops)  # type: ignore[arg-type]
+                            dropped, drops = old, 0
+                        drops += 1
+                have = installed.get(prefix, _ABSENT)
+                if want is None:
+                    if have is not _ABSENT:
+                        deletes.append(prefix)
+                    elif repairing:
+                        repairing.discard(prefix)
+                elif have is want or (
+                    have is not _ABSENT and same_hops(want, have)  # type: ignore[arg-type]
+                ):
+                    if repairing:
+                        repairing.discard(prefix)
+                else:
+                    writes.append((prefix, want, have is not _ABSENT))
+            if added:
+                key = (version, id(interned))
+                n = refs.get(key)
+                if n is None:
+                    self._ref_new(version, interned)
+                    n = 1
+                    added -= 1
+                refs[key] = n + added
+            if drops:
+                self._unref(version, dropped, drops)  # type: ignore[arg-type]
+        if writes or deletes:
+            flying.update(map(_first, writes))
+            flying.update(deletes)
+            self._next_writes.extend(writes)
+            self._next_deletes.extend(deletes)
 
     def latest_hops(self, prefix: Prefix) -> Hops | None:
         """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
@@ -323,7 +447,11 @@ class FibManager(KernelSync):
             try:
                 if self._resync_wanted:
                     self._resync_wanted = False
-                    await self._resync()
+                    self._syncing = True
+                    try:
+                        await self._resync()
+                    finally:
+                        self._syncing = False
                 elif self._gateways_dirty:
                     self._gateways_dirty = False
                     self._recheck_gateways()
@@ -331,8 +459,12 @@ class FibManager(KernelSync):
                     await self._apply_slice()
                 elif self._prune_wanted:
                     self._prune_wanted = False
-                    await self._land()
-                    await self._prune()
+                    self._syncing = True
+                    try:
+                        await self._land()
+                        await self._prune()
+                    finally:
+                        self._syncing = False
                 elif self._flight is not None or self._next_writes or self._next_deletes:
                     await self._land_flight()
                     self._launch()
@@ -449,7 +581,7 @@ class FibManager(KernelSync):
                 pending[prefix] = value
         if writes or deletes:
             # Decided now against ``installed``: changes to these wait until they are written.
-            flying.update(w[0] for w in writes)
+            flying.update(map(_first, writes))
             flying.update(deletes)
             self._next_writes.extend(writes)
             self._next_deletes.extend(deletes)
@@ -513,7 +645,7 @@ class FibManager(KernelSync):
     ) -> Coroutine[None, None, list[RouteError]]:
         # Echoes of these writes may arrive before write() returns; they are not news. Set
         # now, not when the coroutine first runs: the next slice is prepared against it.
-        self._inflight.update(w[0] for w in writes)
+        self._inflight.update(map(_first, writes))
         self._inflight.update(deletes)
         started = time.perf_counter()
         return self._finish_write(
@@ -532,7 +664,7 @@ class FibManager(KernelSync):
             errors = await written
         finally:
             inflight = self._inflight
-            inflight.difference_update(w[0] for w in writes)
+            inflight.difference_update(map(_first, writes))
             inflight.difference_update(deletes)
         elapsed = time.perf_counter() - started
         self.apply_batches += 1
@@ -562,7 +694,7 @@ class FibManager(KernelSync):
                 self._repaired("removed")
             installed.pop(prefix, None)
         if repairing:
-            repairing.difference_update(w[0] for w in writes)
+            repairing.difference_update(map(_first, writes))
             repairing.difference_update(deletes)
         self._count_errors(errors)
         return errors
@@ -634,9 +766,9 @@ class FibManager(KernelSync):
                 if via is None:
                     self._tell(key, False)
 
-    def _unref(self, version: int, hops: Hops) -> None:
+    def _unref(self, version: int, hops: Hops, count: int = 1) -> None:
         hkey = (version, id(hops))
-        n = self._refs[hkey] - 1
+        n = self._refs[hkey] - count
         if n:
             self._refs[hkey] = n
             return
