@@ -8,6 +8,7 @@ the other to the FIB bridge as `bgpd -f` wires it; the difference per route is t
 Both the load (N prefixes, 500 per UPDATE, one next hop) and the withdrawal of everything.
 
     .venv/bin/python -m tests.bench.bench_fib_path [--prefixes 100000] [--repeat 5]
+    .venv/bin/python -m tests.bench.bench_fib_path --memory 100000,500000   # bytes per route
 
 Prints `name: value` lines (microseconds per route, best of --repeat); never asserts a number.
 """
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import gc
 import time
+import tracemalloc
 
 from bgpd.config import parse_config
 from bgpd.daemon import Daemon
@@ -26,6 +28,7 @@ from bgpd.fib.manager import DAEMON_SLICE, DAEMON_WRITE_MAX, FibManager
 from bgpd.kernel import KernelRoutes
 from bgpd.speaker.attributes import AS_SEQUENCE, PathAttributes
 from bgpd.speaker.messages import Update
+from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.rib import Source
 from bgpd.speaker.types import IPV4_UNICAST
 from bgpd.standalone import live_batch_sink, live_sink
@@ -143,11 +146,55 @@ async def measure(n: int, repeat: int) -> dict[str, float]:
     return best
 
 
+async def fib_bytes(n: int) -> dict[str, float]:
+    """tracemalloc bytes per route held by the FIB stage (bridge + manager) once `n` routes
+    are in the kernel, and the peak on the way, fed as the route worker feeds it: slices of
+    2000 Loc-RIB entries, one shared Path per 500 prefixes."""
+    mgr = FibManager(
+        NullFib(80, 254),
+        watch=False,
+        resolve=False,
+        slice_size=DAEMON_SLICE,
+        write_max=DAEMON_WRITE_MAX,
+    )
+    await mgr.start()
+    bridge = KernelRoutes(mgr)
+    src = Source("198.18.0.2", PEER_ADDR, PEER_ADDR, 64513, True)
+    attrs = PathAttributes(origin=0)
+    keys = [(0x64400000 + (i << 3), 29) for i in range(n)]
+    paths = [RibPath(src, attrs, NEXT_HOP) for _ in range(0, n, PER_UPDATE)]
+    items = [(k, paths[i // PER_UPDATE]) for i, k in enumerate(keys)]
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(0, n, 2000):
+        bridge.sink_batch(FAM, items[i : i + 2000])
+        await asyncio.sleep(0)
+    await mgr.settle()
+    gc.collect()
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert mgr.routes_installed == n, mgr.routes_installed
+    await mgr.stop()
+    return {
+        f"fib_stage_bytes_per_route_{n}": (held - base) / n,
+        f"fib_stage_peak_bytes_per_route_{n}": (peak - base) / n,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefixes", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--memory", type=str, default="", help="sizes for tracemalloc bytes, e.g. 100000,500000"
+    )
     args = ap.parse_args()
+    if args.memory:
+        for size in args.memory.split(","):
+            for name, value in asyncio.run(fib_bytes(int(size))).items():
+                print(f"{name}: {value:.1f}")
+        return
     for name, value in asyncio.run(measure(args.prefixes, args.repeat)).items():
         print(f"{name}: {value:.2f}")
 
