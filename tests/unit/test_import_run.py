@@ -1,0 +1,188 @@
+"""A batch of received UPDATEs imported as runs (`RouteImport._import_run`): one-prefix
+announcements reach the Loc-RIB as one `update_many` per run, and whatever the mix of UPDATEs
+and however a stream is cut into reads, both RIBs end exactly as importing each UPDATE on its
+own (`_import_update`) leaves them, with the same prefixes left for the route worker, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgpd.daemon import Daemon
+from bgpd.neighbors import Peer
+from bgpd.speaker.attributes import AS_SEQUENCE, PathAttributes
+from bgpd.speaker.messages import Update
+from bgpd.speaker.rib import Destination, Path
+from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST, Family
+from tests.unit.test_fsm import established_pair
+from tests.unit.test_receive_batch import daemon_on
+
+NH4 = 0xC6120002
+NH6 = 0xFD00_0000_0000_0000_0000_0000_0000_0002
+PEER_AS_PATH = ((AS_SEQUENCE, (64513,)),)
+LOOP_AS_PATH = ((AS_SEQUENCE, (64513, 64512)),)  # our AS (64512): refused on import
+
+
+def _nlri(fam: Family, i: int, pid: int) -> tuple[int, int, int]:
+    if fam == IPV4_UNICAST:
+        return (0x0A000000 + (i << 8), 24, pid)
+    return (0xFD00_0001 << 96 | i << 64, 64, pid)
+
+
+def _announce(fam: Family, keys: list, attrs: PathAttributes) -> Update:
+    if fam == IPV4_UNICAST:
+        attrs = PathAttributes(**{**_fields(attrs), "next_hop": NH4})
+        return Update(attrs=attrs, announce={fam: list(keys)}, next_hop={fam: (NH4,)})
+    return Update(attrs=attrs, announce={fam: list(keys)}, next_hop={fam: (NH6,)})
+
+
+def _fields(attrs: PathAttributes) -> dict[str, Any]:
+    return {
+        "origin": attrs.origin,
+        "as_path": attrs.as_path,
+        "med": attrs.med,
+        "local_pref": attrs.local_pref,
+    }
+
+
+def build(op: tuple, pid_of: Any) -> Update:
+    """One UPDATE from a drawn operation (see `ops`)."""
+    kind = op[0]
+    if kind == "eor":
+        return Update()
+    fam: Family = op[1]
+    if kind == "one":
+        _, _, i, med = op
+        attrs = PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med)
+        return _announce(fam, [_nlri(fam, i, pid_of(i))], attrs)
+    if kind == "multi":
+        _, _, idx, med = op
+        attrs = PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med)
+        return _announce(fam, [_nlri(fam, i, pid_of(i)) for i in idx], attrs)
+    if kind == "loop":
+        _, _, i = op
+        attrs = PathAttributes(origin=0, as_path=LOOP_AS_PATH)
+        return _announce(fam, [_nlri(fam, i, pid_of(i))], attrs)
+    if kind == "lp":
+        _, _, i, med = op
+        attrs = PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med, local_pref=300)
+        return _announce(fam, [_nlri(fam, i, pid_of(i))], attrs)
+    if kind == "withdraw":
+        _, _, idx = op
+        return Update(withdraw={fam: [_nlri(fam, i, pid_of(i)) for i in idx]})
+    # "both": withdraw one prefix and announce another in the same UPDATE
+    _, _, gone, i, med = op
+    upd = _announce(
+        fam, [_nlri(fam, i, pid_of(i))], PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med)
+    )
+    upd.withdraw = {fam: [_nlri(fam, gone, pid_of(gone))]}
+    return upd
+
+
+fams = st.sampled_from([IPV4_UNICAST, IPV6_UNICAST])
+idx = st.integers(0, 5)
+meds = st.integers(0, 3)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("one"), fams, idx, meds),
+        st.tuples(st.just("one"), fams, idx, meds),
+        st.tuples(st.just("multi"), fams, st.lists(idx, min_size=2, max_size=4, unique=True), meds),
+        st.tuples(st.just("withdraw"), fams, st.lists(idx, min_size=1, max_size=3)),
+        st.tuples(st.just("loop"), fams, idx),
+        st.tuples(st.just("lp"), fams, idx, meds),
+        st.tuples(st.just("both"), fams, idx, idx, meds),
+        st.just(("eor",)),
+    ),
+    max_size=30,
+)
+
+
+def _path(p: Path) -> tuple:
+    return (p.source.key, p.attrs, p.next_hop, p.path_id, p.stale)
+
+
+def _entry(e: Any) -> Any:
+    if e is None:
+        return None
+    if e.__class__ is Path:
+        return ("path", _path(e))
+    assert isinstance(e, Destination)
+    best = _path(e.best) if e.best is not None else None
+    return ("dest", [_path(p) for p in e.paths], best, tuple(_path(p) for p in e.multipath))
+
+
+def state(d: Daemon, peer: Peer) -> dict[str, Any]:
+    """Everything import leaves behind, with paths as values (the two daemons' objects differ)."""
+    loc = d.loc_rib
+    return {
+        "adj_in": {
+            f: {k: _path(p) for k, p in t.items()} for f, t in peer.rib_in.tables.items() if t
+        },
+        "rejected": {f: set(r) for f, r in peer.rib_in.rejected.items() if r},
+        "loc": {f: {p: _entry(e) for p, e in t.items()} for f, t in loc.tables.items() if t},
+        # In order: the route worker takes them from the end.
+        "dirty": {f: [(p, _entry(e)) for p, e in dd.items()] for f, dd in loc.dirty.items() if dd},
+        "decisions": dict(loc.decisions),
+        "eor": set(peer.eor_received),
+        "interned": len(d.interner),
+    }
+
+
+def _daemon(live_sink: bool) -> tuple[Daemon, Peer]:
+    w = established_pair()
+    d, peer, _ = daemon_on(w)
+    peer.driver.loop.close()  # never run: the import is synchronous
+    if live_sink:
+        d.route_sink = lambda fam, prefix, paths: None
+        d.sink_live = True
+    return d, peer
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=ops,
+    cuts=st.lists(st.integers(1, 6), max_size=12),
+    live_sink=st.booleans(),
+    addpath=st.booleans(),
+)
+def test_batched_import_leaves_what_one_update_at_a_time_leaves(
+    ops: list[tuple], cuts: list[int], live_sink: bool, addpath: bool
+) -> None:
+    pid_of = (lambda i: 1 + i % 2) if addpath else (lambda i: 0)
+    d1, p1 = _daemon(live_sink)
+    d2, p2 = _daemon(live_sink)
+    updates1 = [build(op, pid_of) for op in ops]
+    updates2 = [build(op, pid_of) for op in ops]
+    # The stream cut into reads of the drawn sizes (the rest in one).
+    pos = 0
+    for n in [*cuts, len(updates1)]:
+        batch = updates1[pos : pos + n]
+        if batch:
+            d1._on_updates(p1.driver, batch)
+        wanted: dict[Family, bool] = {}
+        for u in updates2[pos : pos + n]:
+            d2._import_update(p2, u, wanted)
+        pos += n
+        assert state(d1, p1) == state(d2, p2)
+    assert pos >= len(updates1)
+
+
+def test_a_run_of_one_prefix_updates_reaches_the_loc_rib_in_one_call() -> None:
+    d, peer = _daemon(live_sink=True)
+    calls: list[int] = []
+    real = d.loc_rib.update_many
+
+    def counted(fam: Family, items: Any, *, track: bool = True) -> None:
+        items = list(items)
+        calls.append(len(items))
+        real(fam, items, track=track)
+
+    d.loc_rib.update_many = counted  # type: ignore[method-assign]
+    ones = [build(("one", IPV4_UNICAST, i, i), lambda i: 0) for i in range(6)]
+    d._on_updates(peer.driver, [*ones[:3], build(("eor",), None), *ones[3:]])
+    # Three before the End-of-RIB, three after it: two calls, not six.
+    assert calls == [3, 3]
+    assert peer.rib_in.accepted_count(IPV4_UNICAST) == 6 == len(d.loc_rib.dirty[IPV4_UNICAST])
+    assert peer.eor_received == {IPV4_UNICAST}
