@@ -126,6 +126,10 @@ class AttrCache:
         self.misses = 0
         # One table per AS-number size: the same bytes mean different paths under asn4 or not.
         self._tables: tuple[dict[bytes, list], dict[bytes, list]] = ({}, {})
+        # The last field served from the cache, as (asn4, length, MED at, LOCAL_PREF at, the
+        # bytes around those values, entry): a field equal to it outside those values is the
+        # same set with another MED, found without walking its headers again.
+        self._last: tuple[bool, int, int, int, tuple[bytes, ...], list] | None = None
 
     def __len__(self) -> int:
         return len(self._tables[0]) + len(self._tables[1])
@@ -133,6 +137,7 @@ class AttrCache:
     def clear(self) -> None:
         for table in self._tables:
             table.clear()
+        self._last = None
 
     def _put(self, table: dict[bytes, list], key: bytes, entry: list) -> None:
         if len(table) >= self.maxsize:
@@ -194,6 +199,19 @@ def decode_attribute_field(
     if cache is None:
         return _decode_field(buf, ctx, ipv4_nlri, cache)
     end = len(buf)
+    last = cache._last
+    if last is not None and last[1] == end and last[0] is ctx.asn4:
+        _, _, med_at, lp_at, around, hit = last
+        # Equal length and equal bytes around the MED/LOCAL_PREF values: the same headers at
+        # the same offsets, so the same cache entry (compared in place, nothing sliced).
+        if (
+            buf.startswith(around[0])
+            and buf.endswith(around[-1])
+            and (len(around) < 3 or buf.startswith(around[1], min(med_at, lp_at) + 4))
+            and (hit[3] or not ipv4_nlri)
+        ):
+            cache.hits += 1
+            return _from_hit(hit, buf, med_at, lp_at), None, None, ACTION_NONE, ()
     med_at = lp_at = -1
     i = 0
     while i < end:
@@ -220,8 +238,21 @@ def decode_attribute_field(
         # A set lacking a mandatory attribute needs its diagnostics: the general path.
         if hit is not None and (hit[3] or not ipv4_nlri):
             cache.hits += 1
+            cache._last = (ctx.asn4, end, med_at, lp_at, _around(buf, med_at, lp_at), hit)
             return _from_hit(hit, buf, med_at, lp_at), None, None, ACTION_NONE, ()
     return _decode_field(buf, ctx, ipv4_nlri, cache)
+
+
+def _around(buf: bytes, med_at: int, lp_at: int) -> tuple[bytes, ...]:
+    """The bytes before, between and after the 4-octet MED and LOCAL_PREF values (those
+    present), for `AttrCache._last`: (head, tail) or (head, middle, tail); (buf, buf) if none."""
+    cuts = sorted(at for at in (med_at, lp_at) if at >= 0)
+    if not cuts:
+        return (buf, buf)
+    if len(cuts) == 1:
+        return (buf[: cuts[0]], buf[cuts[0] + 4 :])
+    a, b = cuts
+    return (buf[:a], buf[a + 4 : b], buf[b + 4 :])
 
 
 def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int) -> PathAttributes:

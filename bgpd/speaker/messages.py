@@ -272,6 +272,13 @@ def decode_open(body: bytes) -> Open:
     return Open(asn, hold_time, router_id, caps, version)
 
 
+# By prefix length: the size of an NLRI field holding just that one IPv4 prefix (0 where the
+# length is not an IPv4 one, which no field size matches); shifts and masks as in nlri.py.
+_ONE_V4_LEN: tuple[int, ...] = tuple(2 + (p - 1) // 8 if p else 1 for p in range(33)) + (0,) * 223
+_V4_SHIFT: tuple[int, ...] = tuple(32 - 8 * k for k in range(5))
+_V4_MASK: tuple[int, ...] = tuple(((1 << p) - 1) << (32 - p) for p in range(33))
+
+
 def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None) -> Update:
     """UPDATE body: withdrawn routes, attributes (RFC 7606 outcome applied) and NLRI."""
     n = len(body)
@@ -297,10 +304,20 @@ def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None
             f"total path attribute length {alen} at offset {2 + wlen} overruns the body",
         )
     v4_addpath = IPV4_UNICAST in ctx.addpath_rx
-    upd = Update()
+    upd = Update(None, {}, {}, {})
     if wlen:
         upd.withdraw[IPV4_UNICAST] = decode_prefixes(body[2 : 2 + wlen], AFI_IPV4, v4_addpath)
-    nlri = decode_prefixes(body[astart + alen :], AFI_IPV4, v4_addpath) if astart + alen < n else []
+    nstart = astart + alen
+    if nstart == n:
+        nlri = []
+    elif n - nstart == _ONE_V4_LEN[body[nstart]] and not v4_addpath:
+        # The NLRI field is one IPv4 prefix (a feed with an attribute set per route): what
+        # decode_prefixes would make of it, without the call and its loop.
+        plen = body[nstart]
+        addr = int.from_bytes(body[nstart + 1 :], "big") << _V4_SHIFT[n - nstart - 1]
+        nlri = [(addr & _V4_MASK[plen], plen, 0)]
+    else:
+        nlri = decode_prefixes(body[nstart:], AFI_IPV4, v4_addpath)
     if not alen and not nlri:
         return upd
     attrs, mp_reach, mp_unreach, action, upd.diagnostics = decode_attribute_field(
