@@ -379,7 +379,7 @@ class Daemon(RouteImport):
                 ",".join(sorted(f.name for f in keep)),
                 neg.remote_gr.restart_time,
             )
-            for fam in list(peer.rib_in.tables):
+            for fam in peer.rib_in.families():
                 if fam in keep:
                     self._mark_stale(peer, fam)
                 else:
@@ -391,32 +391,30 @@ class Daemon(RouteImport):
             )
         else:
             peer.stale.clear()
-            for fam in list(peer.rib_in.tables):
+            for fam in peer.rib_in.families():
                 self._flush_peer(peer, fam)
             peer.rib_in.clear()
         peer.negotiated = None
         self._work.set()
 
     def _mark_stale(self, peer: Peer, fam: Family) -> None:
-        for path in peer.rib_in.table(fam).values():
+        for _, path in self.loc_rib.paths_of(fam, peer.config.address):
             path.stale = True
         peer.rib_in.rejected.pop(fam, None)
 
     def _flush_peer(self, peer: Peer, fam: Family, *, only_stale: bool = False) -> int:
-        table = peer.rib_in.table(fam)
-        gone = [(k, p.path_id) for k, p in table.items() if p.stale or not only_stale]
-        for k, _ in gone:
-            del table[k]
-        self.loc_rib.withdraw_many(
-            fam,
-            peer.config.address,
-            [(k if len(k) == 2 else (k[0], k[1]), path_id) for k, path_id in gone],
-            track=self._changes_wanted(peer, fam),
-        )
+        key = peer.config.address
+        gone = [
+            (prefix, p.path_id)
+            for prefix, p in self.loc_rib.paths_of(fam, key)
+            if p.stale or not only_stale
+        ]
+        n = self.loc_rib.withdraw_many(fam, key, gone, track=self._changes_wanted(peer, fam))
+        peer.rib_in.counted(fam, -n)
         if not only_stale:
             peer.rib_in.rejected.pop(fam, None)
         self._work.set()
-        return len(gone)
+        return n
 
     def _stale_expired(self, peer: Peer, why: str) -> None:
         n = sum(self._flush_peer(peer, fam, only_stale=True) for fam in list(peer.stale))

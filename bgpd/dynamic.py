@@ -88,7 +88,7 @@ class DynamicDaemon(Daemon):
         for handle in (peer.stale_timer, peer.restart_timer):
             if handle is not None:
                 handle.cancel()
-        for fam in list(peer.rib_in.tables):
+        for fam in peer.rib_in.families():
             self._flush_peer(peer, fam)
         peer.rib_in.clear()
         peer.out = None

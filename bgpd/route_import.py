@@ -73,18 +73,26 @@ class RouteImport:
 
         A feed with its own attribute set per route sends one prefix per UPDATE, and per UPDATE
         the general path was most of the import's cost. So a one-prefix announcement (nothing
-        withdrawn, nothing for RFC 7606 to say, no loop, nothing to strip) goes into the
-        Adj-RIB-In here, and the run of them reaches the Loc-RIB as one `update_many` per
+        withdrawn, nothing for RFC 7606 to say, no loop, nothing to strip) is gathered here,
+        and the run of them reaches the Loc-RIB as one `update_many` per
         family. Any other UPDATE hands that run over first, then takes `_import_update`, so
         the Loc-RIB sees every change in the order the peer sent it.
         """
         rib_in, loc, local, ebgp = peer.rib_in, self.loc_rib, self.local, src.ebgp
         intern = self.interner.intern
         fam: Family | None = None  # the family of the run gathered in prefixes/paths
-        table: dict = {}
         rejected: set | None = None
         prefixes: list[Prefix] = []
         paths: list[RibPath] = []
+
+        def hand_over() -> None:
+            nonlocal prefixes, paths
+            if prefixes:
+                track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
+                new = loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
+                rib_in.counted(fam, new)  # type: ignore[arg-type]
+                prefixes, paths = [], []
+
         for update in updates:
             attrs = update.attrs
             ann = update.announce
@@ -96,40 +104,29 @@ class RouteImport:
                 or (ebgp and (attrs.local_pref is not None or attrs.originator_id is not None))
                 or import_loop(attrs, local, ebgp) is not None
             ):
-                if prefixes:
-                    track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
-                    loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
-                    prefixes, paths = [], []
+                hand_over()
                 self._import_update(peer, update, wanted)
+                fam = None  # it may have made the family's refused set: look that up again
                 continue
             ((f, nlri),) = ann.items()
             if len(nlri) != 1:
-                if prefixes:
-                    track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
-                    loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
-                    prefixes, paths = [], []
+                hand_over()
                 self._import_update(peer, update, wanted)
+                fam = None  # it may have made the family's refused set: look that up again
                 continue
             if f is not fam and f != fam:
-                if prefixes:
-                    track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
-                    loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
-                    prefixes, paths = [], []
+                hand_over()
                 fam = f
-                table = rib_in.table(f)
                 rejected = rib_in.rejected.get(f)
             key = nlri[0]
             pid = key[2]
             prefix = (key[0], key[1])
             path = RibPath(src, intern(attrs), update.next_hop.get(f, ()), pid)
-            table[key if pid else prefix] = path
             if rejected:
                 rejected.discard(key)
             prefixes.append(prefix)
             paths.append(path)
-        if prefixes:
-            track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
-            loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
+        hand_over()
 
     def _on_update(self, peer: Peer, update: Update) -> None:
         """One UPDATE on its own (see `_on_updates`)."""
@@ -150,24 +147,15 @@ class RouteImport:
         for diag in update.diagnostics:
             log.warning("peer %s: malformed UPDATE handled per RFC 7606: %s", addr, diag)
         rib_in, loc = peer.rib_in, self.loc_rib
-        # Adj-RIB-In keys: the prefix itself without ADD-PATH, so that the Loc-RIB can hold
-        # the very same key object; the (addr, len, path id) NLRI with it (see AdjRibIn).
+        # The peer's accepted paths live in the Loc-RIB only (see AdjRibIn): a withdrawal
+        # removes this peer's path of that path id there, if it has one.
         for fam, nlri in update.withdraw.items():
-            table = rib_in.table(fam)
             rejected = rib_in.rejected.get(fam)
-            gone: list[Prefix] = []
-            ids: list[int] = []
-            for key in nlri:
-                pid = key[2]
-                prefix = (key[0], key[1])
-                if table.pop(key if pid else prefix, None) is not None:
-                    gone.append(prefix)
-                    ids.append(pid)
-                elif rejected:
-                    rejected.discard(key)
-            if gone:
-                track = self._wanted(peer, fam, wanted)
-                loc.withdraw_many(fam, addr, zip(gone, ids), track=track)
+            if rejected:
+                rejected.difference_update(nlri)
+            track = self._wanted(peer, fam, wanted)
+            gone = loc.withdraw_many(fam, addr, (((k[0], k[1]), k[2]) for k in nlri), track=track)
+            rib_in.counted(fam, -gone)
         attrs = update.attrs
         if attrs is None:
             # Only an UPDATE without attributes can be End-of-RIB.
@@ -190,7 +178,6 @@ class RouteImport:
             got = attrs if flt is None else apply_filter(flt, IPV4_UNICAST, (0, 0), attrs, src.ebgp)
             shared = self.interner.intern(got) if got is not None else None
         for fam, nlri in update.announce.items():
-            table = rib_in.table(fam)
             rejected = rib_in.rejected.get(fam)
             if rejected is None:
                 rejected = rib_in.rejected[fam] = set()
@@ -201,10 +188,10 @@ class RouteImport:
                 pid = key[2]
                 prefix = (key[0], key[1])
                 path = RibPath(src, shared, nh, pid)
-                table[key if pid else prefix] = path
                 if rejected:
                     rejected.discard(key)
-                loc.update_many(fam, ((prefix, path),), track=self._wanted(peer, fam, wanted))
+                track = self._wanted(peer, fam, wanted)
+                rib_in.counted(fam, loc.update_many(fam, ((prefix, path),), track=track))
                 continue
             # Two lists zipped rather than a (prefix, path) tuple per route: tuples alive across
             # a collection get promoted, and promotions are what trigger full collections.
@@ -223,14 +210,14 @@ class RouteImport:
                         path = by_id.get(pid)  # type: ignore[assignment]
                         if path is None:
                             path = by_id[pid] = RibPath(src, shared, nh, pid)
-                        table[key] = path
                     else:
-                        path = table[prefix] = base
+                        path = base
                     prefixes.append(prefix)
                     paths.append(path)
                 if rejected:
                     rejected.difference_update(nlri)
-                loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
+                track = self._wanted(peer, fam, wanted)
+                rib_in.counted(fam, loc.update_many(fam, zip(prefixes, paths), track=track))
                 continue
             for key in nlri:
                 pid = key[2]
@@ -242,15 +229,14 @@ class RouteImport:
                     use = self.interner.intern(got) if got is not None else None
                 if use is None:
                     rejected.add(key)
-                    if table.pop(key if pid else prefix, None) is not None:
-                        loc.withdraw(fam, prefix, addr, pid)
+                    if loc.withdraw(fam, prefix, addr, pid):
+                        rib_in.counted(fam, -1)
                     continue
                 rejected.discard(key)
-                path = RibPath(src, use, nh, pid)
-                table[key if pid else prefix] = path
                 prefixes.append(prefix)
-                paths.append(path)
-            loc.update_many(fam, zip(prefixes, paths), track=self._wanted(peer, fam, wanted))
+                paths.append(RibPath(src, use, nh, pid))
+            track = self._wanted(peer, fam, wanted)
+            rib_in.counted(fam, loc.update_many(fam, zip(prefixes, paths), track=track))
 
     def _wanted(self, peer: Peer, fam: Family, cache: dict[Family, bool]) -> bool:
         got = cache.get(fam)

@@ -139,7 +139,7 @@ def test_the_daemon_gets_one_batch_per_read_and_imports_all_of_it() -> None:
     peer.driver.on_data(conn_of(w, 1), b"".join(msgs[3:]))
     assert batches == [3, 2]
     assert peer.rib_in.accepted_count() == 5 and d.loc_rib.count() == 5
-    meds = sorted(p.attrs.med for p in peer.rib_in.table(FAM).values())
+    meds = sorted(p.attrs.med for _, p in d.loc_rib.paths_of(FAM, peer.config.address))
     assert meds == [0, 1, 2, 3, 4]
 
 

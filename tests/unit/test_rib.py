@@ -82,9 +82,23 @@ def test_interner_shares_equal_attribute_sets() -> None:
 
 def test_adj_rib_in_counts() -> None:
     rin = AdjRibIn()
-    rin.table(IPV4_UNICAST)[(1, 32, 0)] = mk(A)
+    rin.counted(IPV4_UNICAST, 2)
+    rin.counted(IPV4_UNICAST, -1)
     rin.rejected.setdefault(IPV4_UNICAST, set()).add((2, 32, 0))
     assert (rin.accepted_count(), rin.received_count()) == (1, 2)
     assert (rin.accepted_count(IPV4_UNICAST), rin.received_count(IPV6_UNICAST)) == (1, 0)
+    assert rin.families() == [IPV4_UNICAST]
     rin.clear(IPV4_UNICAST)
-    assert rin.received_count() == 0
+    assert rin.received_count() == 0 and rin.families() == []
+
+
+def test_a_source_s_paths_are_found_in_the_loc_rib_bare_or_among_others() -> None:
+    rib = LocRib(make_decider(DecisionConfig()))
+    pa, pb, pa7 = mk(A), mk(B), mk(A, path_id=7)
+    assert rib.update_many(IPV4_UNICAST, [(P, pa), ((2, 32), pa)]) == 2
+    assert rib.update_many(IPV4_UNICAST, [(P, pb), (P, pa7)]) == 2
+    assert rib.update_many(IPV4_UNICAST, [(P, mk(A, lp=300))]) == 0  # replaces pa there
+    got = sorted((pfx, p.path_id) for pfx, p in rib.paths_of(IPV4_UNICAST, "a"))
+    assert got == sorted([(P, 0), (P, 7), ((2, 32), 0)])
+    assert [p for _, p in rib.paths_of(IPV4_UNICAST, "b")] == [pb]
+    assert list(rib.paths_of(IPV6_UNICAST, "a")) == []
