@@ -41,7 +41,7 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
         daemon = Daemon(config, nexthop_reachable=kernel.reachable)
         handoff = SinkQueue(daemon, kernel.sink)
         daemon.route_sink = handoff.put
-        if fib is not None and not fib.installed:
+        if fib is not None and not fib.routes_installed:
             # Nothing of ours in the kernel to keep steady: write while the table loads.
             daemon.sink_from_start()
             daemon.route_sink = live_sink(daemon, kernel.sink)

@@ -18,6 +18,7 @@ log = logging.getLogger("bgpd.fib")
 
 _RECHECK = object()  # queued by repairs: re-derive the prefix from desired vs installed
 _ABSENT = object()  # no route of ours at the prefix (installed maps to None for unparsed ones)
+_SAME = object()  # not in _differs: the kernel holds what desired says (or nothing, as it does)
 
 
 class KernelSync:
@@ -29,7 +30,7 @@ class KernelSync:
     scan_time: float
     slice_size: int
     desired: dict[Prefix, Hops]
-    installed: dict[Prefix, Hops | None]
+    _differs: dict[Prefix, object]
     foreign: dict[Prefix, list[tuple[int, int, int]]]
     conflicts: dict[Prefix, Conflict]
     resyncs: int
@@ -47,6 +48,37 @@ class KernelSync:
     _gateways_dirty: bool
     _next_scan: float
 
+    # -- what the kernel holds: desired, except where _differs says otherwise ----------------
+
+    @property
+    def installed(self) -> dict[Prefix, Hops | None]:
+        """Our routes in the kernel as far as we know: prefix -> Hops (None: ours, of a kind
+        we never write). Built on each access (tests, start-up); the manager keeps only the
+        prefixes where the kernel is not what desired says."""
+        differs = self._differs
+        out: dict[Prefix, Hops | None] = {p: h for p, h in self.desired.items() if p not in differs}
+        out.update((p, h) for p, h in differs.items() if h is not _ABSENT)  # type: ignore[misc]
+        return out
+
+    def _installed_prefixes(self) -> list[Prefix]:
+        differs = self._differs
+        out = [p for p in self.desired if p not in differs]
+        out.extend(p for p, h in differs.items() if h is not _ABSENT)
+        return out
+
+    def _have(self, prefix: Prefix) -> object:
+        """Our route in the kernel at ``prefix``: its Hops, None (ours, never written by us)
+        or _ABSENT."""
+        have = self._differs.get(prefix, _SAME)
+        return self.desired.get(prefix, _ABSENT) if have is _SAME else have
+
+    def _set_have(self, prefix: Prefix, have: object) -> None:
+        """The kernel now holds ``have`` at ``prefix`` (Hops, None or _ABSENT)."""
+        if have is self.desired.get(prefix, _ABSENT):
+            self._differs.pop(prefix, None)
+        else:
+            self._differs[prefix] = have
+
     def _stale(self) -> list[Prefix]:
         """Our routes in the kernel that must go, unless a change for them is queued: nobody
         wants them (once converged), or what is wanted there cannot be reached."""
@@ -56,9 +88,14 @@ class KernelSync:
         if not dead:
             if not converged:
                 return []
-            return [p for p in self.installed if p not in desired and p not in pending]
+            # Not desired yet in the kernel: only _differs can say so.
+            return [
+                p
+                for p, h in self._differs.items()
+                if h is not _ABSENT and p not in desired and p not in pending
+            ]
         out = []
-        for p in self.installed:
+        for p in self._installed_prefixes():
             if p in pending:
                 continue
             hops = desired.get(p)
@@ -113,7 +150,7 @@ class KernelSync:
             self._recheck_gateways(requeue=False)
         await self._load_sliced(kernel)
         del kernel  # the dump's objects are the biggest thing a scan holds
-        installed, pending = self.installed, self._pending
+        differs, pending = self._differs, self._pending
         writes: list[tuple[Prefix, Hops, bool]] = []
         replaced = 0
         # A newer change is queued for some; the slice writer will handle those.
@@ -125,7 +162,7 @@ class KernelSync:
             want = self._effective(prefix[0], hops)
             if want is None:
                 continue
-            have = installed.get(prefix, _ABSENT)
+            have = differs.get(prefix, hops)  # desired stands for the kernel unless it differs
             if have is _ABSENT:
                 writes.append((prefix, want, False))
             elif not same_hops(want, have):  # type: ignore[arg-type]
@@ -171,11 +208,12 @@ class KernelSync:
 
     def _load(self, kernel: Iterable[KernelRoute], *, reset: bool = True) -> None:
         if reset:
-            self.installed = {}
+            # Nothing of ours known in the kernel until the dump says so.
+            self._differs = dict.fromkeys(self.desired, _ABSENT)
             self.foreign = {}
         for kr in kernel:
             if kr.protocol == self.fib.protocol:
-                self.installed[kr.prefix] = self._intern_route(kr.route)
+                self._set_have(kr.prefix, self._intern_route(kr.route))
             else:
                 self.foreign.setdefault(kr.prefix, []).append((kr.protocol, kr.metric, kr.kind))
 
@@ -229,14 +267,14 @@ class KernelSync:
             if prefix in self._inflight:
                 return  # our own write's echo (a concurrent change is left to the scan)
             if event.deleted:
-                if prefix in self.installed:
-                    self.installed.pop(prefix)
+                if self._have(prefix) is not _ABSENT:
+                    self._set_have(prefix, _ABSENT)
                     self._queue_repair(prefix)
             else:
-                have = self.installed.get(prefix)
+                have = self._have(prefix)
                 got = self._intern_route(kr.route)
-                if have is None or got is None or not same_hops(have, got):
-                    self.installed[prefix] = got
+                if have is _ABSENT or have is None or got is None or not same_hops(have, got):  # type: ignore[arg-type]
+                    self._set_have(prefix, got)
                     self._queue_repair(prefix)
             return
         entries = self.foreign.setdefault(prefix, [])
@@ -248,9 +286,9 @@ class KernelSync:
                 if prefix not in self.conflicts:
                     log.warning("fib: conflict: %s", c)
                 self.conflicts[prefix] = c
-            if prefix in self.installed and kr.metric == self.fib.kernel_metric(prefix[0]):
+            if self._have(prefix) is not _ABSENT and kr.metric == self.fib.kernel_metric(prefix[0]):
                 # An IPv4 replace by someone else overwrote ours without a delete event.
-                self.installed.pop(prefix)
+                self._set_have(prefix, _ABSENT)
         else:
             if not entries:
                 del self.foreign[prefix]

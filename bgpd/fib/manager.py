@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from operator import itemgetter
 
 from bgpd.fib.base import Fib
-from bgpd.fib.kernelsync import _ABSENT, _RECHECK, KernelSync
+from bgpd.fib.kernelsync import _ABSENT, _RECHECK, _SAME, KernelSync
 from bgpd.fib.nexthop import NextHopResolver
 from bgpd.fib.reconcile import Conflict, same_hops
 from bgpd.fib.types import (
@@ -90,8 +90,11 @@ class FibManager(KernelSync):
         self.on_error = on_error
         # prefix -> interned Hops we want (as the RIB gave them, before next-hop resolution)
         self.desired: dict[Prefix, Hops] = {}
-        # prefix -> Hops of our route in the kernel (None: ours, of a kind we never write)
-        self.installed: dict[Prefix, Hops | None] = {}
+        # Our route in the kernel where it is not ``desired[prefix]`` itself: its Hops, None
+        # (ours, of a kind we never write) or _ABSENT. Once written, a route costs nothing
+        # here: 500k routes held a second dict entry each (~42 bytes) that only repeated
+        # desired. ``installed`` puts the two back together (see KernelSync._have).
+        self._differs: dict[Prefix, object] = {}
         # prefix -> (protocol, metric, type) of every other route there, in our table
         self.foreign: dict[Prefix, list[tuple[int, int, int]]] = {}
         self.conflicts: dict[Prefix, Conflict] = {}
@@ -147,7 +150,14 @@ class FibManager(KernelSync):
     @property
     def routes_installed(self) -> int:
         """Routes of ours in the kernel, as far as we know."""
-        return len(self.installed)
+        desired = self.desired
+        n = len(desired)
+        for prefix, have in self._differs.items():
+            if have is _ABSENT:
+                n -= prefix in desired
+            else:
+                n += prefix not in desired
+        return n
 
     @property
     def is_converged(self) -> bool:
@@ -161,7 +171,7 @@ class FibManager(KernelSync):
     def routes_by_family(self) -> dict[int, int]:
         """Routes of ours installed, by IP version."""
         counts = {4: 0, 6: 0}
-        for prefix in self.installed:
+        for prefix in self._installed_prefixes():
             counts[prefix[0]] += 1
         return counts
 
@@ -233,7 +243,7 @@ class FibManager(KernelSync):
         writes: list[tuple[Prefix, Hops, bool]] = []
         deletes: list[Prefix] = []
         flying, pending = self._inflight, self._pending
-        desired, installed, refs = self.desired, self.installed, self._refs
+        desired, differs, refs = self.desired, self._differs, self._refs
         repairing = self._repairing
         for hops, prefixes in runs:
             if not prefixes:
@@ -247,16 +257,22 @@ class FibManager(KernelSync):
                         self.withdraw(prefix)  # decided once its write has landed
                         continue
                     old = desired.pop(prefix, None)
+                    have = differs.get(prefix, _SAME)
                     if old is not None:
                         if old is not dropped:
                             if drops:
                                 self._unref(version, dropped, drops)  # type: ignore[arg-type]
                             dropped, drops = old, 0
                         drops += 1
-                    if installed.get(prefix, _ABSENT) is not _ABSENT:
+                        if have is _SAME:
+                            have = differs[prefix] = old  # in the kernel until deleted
+                    if have is not _SAME and have is not _ABSENT:
                         deletes.append(prefix)
-                    elif repairing:
-                        repairing.discard(prefix)
+                    else:
+                        if have is _ABSENT:
+                            del differs[prefix]  # no longer differs from (no) desired
+                        if repairing:
+                            repairing.discard(prefix)
                 if drops:
                     self._unref(version, dropped, drops)  # type: ignore[arg-type]
                 continue
@@ -275,6 +291,9 @@ class FibManager(KernelSync):
                     self.want(prefix, interned)
                     continue
                 old = desired.get(prefix)
+                have = differs.get(prefix, _SAME)
+                if have is _SAME:
+                    have = _ABSENT if old is None else old
                 if old is not interned:
                     desired[prefix] = interned
                     added += 1
@@ -284,7 +303,10 @@ class FibManager(KernelSync):
                                 self._unref(version, dropped, drops)  # type: ignore[arg-type]
                             dropped, drops = old, 0
                         drops += 1
-                have = installed.get(prefix, _ABSENT)
+                    if have is interned:
+                        del differs[prefix]
+                    else:
+                        differs[prefix] = have
                 if want is None:
                     if have is not _ABSENT:
                         deletes.append(prefix)
@@ -388,7 +410,7 @@ class FibManager(KernelSync):
         self._task = asyncio.create_task(self._run(), name="fib-manager")
         log.info(
             "fib: %d routes of protocol %d found in table %d; kept until converged",
-            len(self.installed),
+            self.routes_installed,
             self.fib.protocol,
             self.fib.table,
         )
@@ -416,7 +438,7 @@ class FibManager(KernelSync):
             kernel = await self.fib.dump()
             ours = [kr.prefix for kr in kernel if kr.protocol == self.fib.protocol]
             self._count_errors(await self.fib.write([], ours))
-            self.installed.clear()
+            self._differs = dict.fromkeys(self.desired, _ABSENT)
         self.fib.close()
 
     async def settle(self) -> None:
@@ -515,9 +537,9 @@ class FibManager(KernelSync):
         deletes: list[Prefix] = []
         flying = self._inflight
         deferred: list[tuple[Prefix, object]] = []
-        desired, installed, pending, order = (
+        desired, differs, pending, order = (
             self.desired,
-            self.installed,
+            self._differs,
             self._pending,
             self._order,
         )
@@ -536,10 +558,18 @@ class FibManager(KernelSync):
             version = prefix[0]
             explicit = value is None
             want: Hops | None
+            # What the kernel holds, taken before desired changes (it may stand for it).
+            have = differs.get(prefix, _SAME)
+            if have is _SAME:
+                have = desired.get(prefix, _ABSENT)
             if value is None:
                 old = desired.pop(prefix, None)
                 if old is not None:
                     self._unref(version, old)
+                    if have is _ABSENT:
+                        differs.pop(prefix, None)
+                    else:
+                        differs[prefix] = have
                 want = None
             elif value is _RECHECK:
                 cur = desired.get(prefix)
@@ -557,12 +587,15 @@ class FibManager(KernelSync):
                         refs[key] = n + 1
                     if old is not None:
                         self._unref(version, old)
+                    if have is hops:
+                        differs.pop(prefix, None)
+                    else:
+                        differs[prefix] = have
                 if hops is last[1] and version == last[0]:
                     want = last[2]
                 else:
                     want = effective(version, hops)
                     last = (version, hops, want)
-            have = installed.get(prefix, _ABSENT)
             if want is None:
                 if have is not _ABSENT and (explicit or prefix in desired or converged):
                     deletes.append(prefix)
@@ -672,32 +705,52 @@ class FibManager(KernelSync):
         self.last_apply_seconds = elapsed
         if self.on_batch is not None:
             self.on_batch(elapsed)
-        installed = self.installed
+        differs, desired = self._differs, self.desired
         repairing = self._repairing
         if not errors and not resync and not repairing:
+            # _set_have, inlined: once written, a route is what desired says (most often).
             for prefix, hops, _replace in writes:
-                installed[prefix] = hops
+                if desired.get(prefix) is hops:
+                    differs.pop(prefix, None)
+                else:
+                    differs[prefix] = hops
             for prefix in deletes:
-                installed.pop(prefix, None)
+                if prefix in desired:
+                    differs[prefix] = _ABSENT
+                else:
+                    differs.pop(prefix, None)
+            self._shrink()
             return errors
         failed = {e.prefix for e in errors}
         for prefix, hops, _replace in writes:
             if prefix in failed:
                 continue
             if resync or prefix in repairing:
-                self._repaired("replaced" if prefix in installed else "added")
-            installed[prefix] = hops
+                self._repaired("replaced" if self._have(prefix) is not _ABSENT else "added")
+            self._set_have(prefix, hops)
         for prefix in deletes:
             if prefix in failed:
                 continue
             if resync or prefix in repairing:
                 self._repaired("removed")
-            installed.pop(prefix, None)
+            self._set_have(prefix, _ABSENT)
         if repairing:
             repairing.difference_update(map(_first, writes))
             repairing.difference_update(deletes)
+        self._shrink()
         self._count_errors(errors)
         return errors
+
+    def _shrink(self) -> None:
+        """A dict or set never shrinks as entries leave: one that held a load's routes in
+        flight (up to write_max and the queue behind it) kept its table after they landed,
+        at 500k some 10 MiB for nothing. Let the emptied ones go."""
+        if not self._differs:
+            self._differs = {}
+        if not self._inflight:
+            self._inflight = set()
+        if not self._pending:
+            self._pending = {}
 
     def _repaired(self, kind: str) -> None:
         self.reconcile_repairs += 1

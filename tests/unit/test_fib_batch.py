@@ -12,18 +12,18 @@ from hypothesis import strategies as st
 
 from bgpd.fib.fake import FakeFib
 from bgpd.fib.manager import FibManager
-from bgpd.fib.types import NextHop, Route, parse_addr, parse_prefix
+from bgpd.fib.types import NextHop, Route, parse_addr, parse_prefix, route_of
 from bgpd.kernel import KernelRoutes
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.rib import Destination, Path, Source
 from bgpd.speaker.types import IPV4_UNICAST
-from tests.bench.bench_fib_path import _daemon, _fib_sink, _updates
+from tests.bench.bench_fib_path import _daemon, _fib_sink, _updates, fib_bytes
 
 FAM = IPV4_UNICAST
 ATTRS = PathAttributes(origin=0)
 # Two gateways on the connected network, one that nothing reaches.
 GATEWAYS = [parse_addr(a)[1] for a in ("198.18.0.2", "198.18.0.3", "198.19.7.9")]
-PREFIXES = [(parse_prefix(f"10.244.{i}.0/26")[1], 26) for i in range(12)]
+PREFIXES = [(parse_prefix(f"10.244.{i}.0/26")[1], 26) for i in range(5)]
 
 
 def _path(gw: int | None) -> Path:
@@ -60,19 +60,27 @@ slices = st.lists(
     st.tuples(
         st.dictionaries(st.integers(0, len(PREFIXES) - 1), choices, min_size=1, max_size=8),
         st.integers(0, 3),  # loop turns before the next slice (writes land in between)
+        # then the operator deletes our route at a prefix, if there is one (the monitor tells)
+        st.none() | st.integers(0, len(PREFIXES) - 1),
     ),
     min_size=1,
     max_size=8,
 )
 
 
-async def _fed(plan: list, converge_at: int, batch: bool) -> tuple[FibManager, FakeFib]:
+async def _fed(
+    plan: list, converge_at: int, foreign: int | None, batch: bool
+) -> tuple[FibManager, FakeFib]:
     fake = FakeFib()
     fake.external_add(Route(parse_prefix("198.18.0.0/24"), (NextHop(None, "eth0"),)), protocol=2)
+    if foreign is not None:
+        # Another protocol's route at our metric: the kernel refuses ours there (EEXIST).
+        at = _key(PREFIXES[foreign])
+        fake.external_add(Route(at, (NextHop(GATEWAYS[0]),)), protocol=4)
     mgr = FibManager(fake, slice_size=3, write_max=4)
     await mgr.start()
     bridge = KernelRoutes(mgr)
-    for n, (changes, turns) in enumerate(plan):
+    for n, (changes, turns, operator) in enumerate(plan):
         if n == converge_at:
             mgr.converged()
         items = [(PREFIXES[i], _entry(c)) for i, c in changes.items()]
@@ -84,18 +92,44 @@ async def _fed(plan: list, converge_at: int, batch: bool) -> tuple[FibManager, F
                 bridge.sink(FAM, prefix, entry.multipath if best else None)
         for _ in range(turns):
             await asyncio.sleep(0)
+        if operator is not None:
+            fake.external_delete(_key(PREFIXES[operator]), protocol=fake.protocol)
     mgr.converged()
+    await mgr.settle()
+    if all(step[2] is None for step in plan):
+        _check_installed(mgr, fake)
+    # A delete the monitor reports while the write is in flight is left to the periodic scan.
+    mgr._resync_wanted = True
+    mgr._kick()
     await mgr.settle()
     return mgr, fake
 
 
+def _check_installed(mgr: FibManager, fake: FakeFib) -> None:
+    """The manager's idea of the kernel (desired, except where it differs) is the kernel."""
+    known = {p: route_of(p, h) for p, h in mgr.installed.items()}  # type: ignore[arg-type]
+    assert known == fake.ours_in_kernel()
+    assert mgr.routes_installed == len(known)
+    assert mgr.routes_by_family() == {4: len(known), 6: 0}
+
+
+def _key(prefix: tuple[int, int]) -> tuple[int, int, int]:
+    return (4, prefix[0], prefix[1])
+
+
 @settings(max_examples=150, deadline=None)
-@given(plan=slices, converge_at=st.integers(0, 8))
-def test_a_slice_in_one_call_leaves_what_one_call_per_prefix_leaves(plan, converge_at):
+@given(
+    plan=slices,
+    converge_at=st.integers(0, 8),
+    foreign=st.none() | st.integers(0, len(PREFIXES) - 1),
+)
+def test_a_slice_in_one_call_leaves_what_one_call_per_prefix_leaves(plan, converge_at, foreign):
     async def run():
-        one, fake_one = await _fed(plan, converge_at, batch=False)
-        many, fake_many = await _fed(plan, converge_at, batch=True)
+        one, fake_one = await _fed(plan, converge_at, foreign, batch=False)
+        many, fake_many = await _fed(plan, converge_at, foreign, batch=True)
         try:
+            _check_installed(one, fake_one)
+            _check_installed(many, fake_many)
             assert fake_many.ours_in_kernel() == fake_one.ours_in_kernel()
             assert many.desired == one.desired
             assert many.installed == one.installed
@@ -103,7 +137,8 @@ def test_a_slice_in_one_call_leaves_what_one_call_per_prefix_leaves(plan, conver
             assert sorted(many._refs.values()) == sorted(one._refs.values())
             assert sum(many._refs.values()) == len(many.desired)
             assert many._gw_refs == one._gw_refs
-            assert many.in_sync and many.netlink_errors == one.netlink_errors
+            # (Errors may differ: the queue coalesces changes that a slice decided at once writes.)
+            assert many.in_sync and one.in_sync
         finally:
             await one.stop()
             await many.stop()
@@ -144,5 +179,14 @@ async def test_the_fib_path_makes_no_python_call_per_prefix():
         per_prefix = {k: v for k, v in calls.items() if v >= n // 2}
         assert not per_prefix, f"called once per prefix or more: {per_prefix}"
         assert calls["sink"] == calls["want"] == calls["withdraw"] == 0
-        assert sum(calls.values()) < n / 100, calls.most_common(12)
+        assert sum(calls.values()) < n / 40, calls.most_common(12)  # ~20 per slice of 2000
     await mgr.stop()
+
+
+async def test_a_load_through_the_batch_path_costs_bytes_not_objects():
+    """Per route the FIB stage keeps its key, one desired entry and a share of the next hops:
+    nothing for what the kernel holds once it is what desired says, and nothing of the
+    in-flight tables once the load has landed (148 -> 106 bytes per route at 500k,
+    bench_fib_path --memory; ~94 at this size, 153 before)."""
+    got = await fib_bytes(20_000)
+    assert got["fib_stage_bytes_per_route_20000"] < 120, got

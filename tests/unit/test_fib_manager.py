@@ -482,7 +482,9 @@ async def test_a_route_on_its_way_to_the_kernel_costs_bytes_not_objects():
     """The RIB bridge and the manager keep a prefix and shared next hops, nothing per route
     beyond dict slots: 500k routes through one gateway cost ~650 bytes each when each got
     its own Route, NextHop, tuple and address object (~325 MiB); 183 measured here with the
-    bridge's own copy of the gateways, 153 without."""
+    bridge's own copy of the gateways, 153 without, 94 once a written route no longer had a
+    second entry for what the kernel holds (the same as desired) and the in-flight tables
+    were let go after the load."""
     n = 20_000
     mgr = FibManager(NullFib(80, 254), watch=False, resolve=False, slice_size=5000)
     await mgr.start()
@@ -505,7 +507,7 @@ async def test_a_route_on_its_way_to_the_kernel_costs_bytes_not_objects():
     assert len({id(hops) for hops in mgr.desired.values()}) == 1
     assert len({id(hops) for hops in mgr.installed.values()}) == 1
     assert not bridge.learned, "with the direct policy the FIB's routes are the gateways"
-    assert per_route < 200, f"{per_route:.0f} bytes per route"
+    assert per_route < 120, f"{per_route:.0f} bytes per route"
     await mgr.stop()
 
 
