@@ -130,8 +130,9 @@ class KernelRoutes:
                 self.sink(family, prefix, entry.multipath if best else None)  # type: ignore[union-attr]
             return
         version = 4 if family.afi == AFI_IPV4 else 6
-        runs: list[tuple[Hops | None, list[Prefix]]] = []
-        run: list[Prefix] = []
+        # The RIB's own (addr, len) key objects go to the FIB: it keeps them as its keys.
+        runs: list[tuple[Hops | None, list[tuple[int, int]]]] = []
+        run: list[tuple[int, int]] = []
         run_hops: object = runs  # no run yet: matches no Hops and not None
         last_gw = -1
         last_hops: Hops | None = None
@@ -156,8 +157,8 @@ class KernelRoutes:
                 run = []
                 runs.append((hops, run))
                 run_hops = hops
-            run.append((version, prefix[0], prefix[1]))
-        self.fib.want_runs(runs)
+            run.append(prefix)
+        self.fib.want_runs(version, runs)
 
     def _hops(self, version: int, gateways: tuple[int, ...]) -> Hops:
         """The one shared next-hop set of the direct policy for these gateways."""

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from bgpd.fib.base import Fib, KernelEvent, LinkEvent, Overrun, RouteEvent
 from bgpd.fib.nexthop import NextHopResolver
+from bgpd.fib.prefixtable import PrefixTable
 from bgpd.fib.reconcile import STEP, Conflict, same_hops
 from bgpd.fib.types import MAIN_TABLE, Hops, KernelRoute, Prefix, Route, hops_of
 
@@ -29,7 +30,7 @@ class KernelSync:
     resolver: NextHopResolver | None
     scan_time: float
     slice_size: int
-    desired: dict[Prefix, Hops]
+    desired: PrefixTable[Hops]
     _differs: dict[Prefix, object]
     foreign: dict[Prefix, list[tuple[int, int, int]]]
     conflicts: dict[Prefix, Conflict]

@@ -31,6 +31,7 @@ from operator import itemgetter
 from bgpd.fib.base import Fib
 from bgpd.fib.kernelsync import _ABSENT, _RECHECK, _SAME, KernelSync
 from bgpd.fib.nexthop import NextHopResolver
+from bgpd.fib.prefixtable import PrefixTable
 from bgpd.fib.reconcile import Conflict, same_hops
 from bgpd.fib.types import (
     MAIN_TABLE,
@@ -89,7 +90,8 @@ class FibManager(KernelSync):
         self.on_reachability = on_reachability
         self.on_error = on_error
         # prefix -> interned Hops we want (as the RIB gave them, before next-hop resolution)
-        self.desired: dict[Prefix, Hops] = {}
+        # (addr, len) keys per IP version: the RIB bridge hands in the RIB's own key objects.
+        self.desired: PrefixTable[Hops] = PrefixTable()
         # Our route in the kernel where it is not ``desired[prefix]`` itself: its Hops, None
         # (ours, of a kind we never write) or _ABSENT. Once written, a route costs nothing
         # here: 500k routes held a second dict entry each (~42 bytes) that only repeated
@@ -203,30 +205,29 @@ class FibManager(KernelSync):
                 self._kick()
         pending[prefix] = interned
 
-    def want_runs(self, runs: Iterable[tuple[Hops | None, list[Prefix]]]) -> None:
-        """``want``/``withdraw`` for many prefixes at once: each run is next hops (None to
-        withdraw) and the prefixes that get them. The RIB bridge's path, one call per decided
-        slice: when nothing is queued the changes are decided here and now, in one loop with
-        the next hops interned and resolved once per run, and handed to the kernel writer
-        (or joined to the write it is taking); otherwise they queue as one by one."""
-        if (
-            self._pending
-            or self._syncing
-            or self._task is None
-            or len(self._next_writes) + len(self._next_deletes) >= self.write_max
-        ):
-            # Behind queued changes (order), a prune or resync (it works from a snapshot of
-            # desired and installed), or a writer that cannot keep up (the queue then holds
-            # one entry per prefix, not a write each).
-            for hops, prefixes in runs:
+    def want_runs(
+        self, version: int, runs: Iterable[tuple[Hops | None, list[tuple[int, int]]]]
+    ) -> None:
+        """``want``/``withdraw`` for many prefixes of one IP version at once: each run is next
+        hops (None to withdraw) and the (addr, len) keys that get them. The RIB bridge's path,
+        one call per decided slice, with the RIB's own key objects (desired keeps them, so a
+        route's key costs nothing here). When nothing is queued the changes are decided here
+        and now, in one loop with the next hops interned and resolved once per run, and
+        handed to the kernel writer (or joined to the write it is taking); otherwise they
+        queue one by one. A busy writer does not make them queue: what is decided while it
+        works goes in its next write, whole."""
+        if self._pending or self._syncing or self._task is None:
+            # Behind queued changes (order), or a prune or resync (it works from a snapshot
+            # of desired and installed), or not started.
+            for hops, keys in runs:
                 if hops is None:
-                    for prefix in prefixes:
-                        self.withdraw(prefix)
+                    for key in keys:
+                        self.withdraw((version, key[0], key[1]))
                 else:
-                    for prefix in prefixes:
-                        self.want(prefix, hops)
+                    for key in keys:
+                        self.want((version, key[0], key[1]), hops)
             return
-        self._decide_runs(runs)
+        self._decide_runs(version, runs)
         if self._next_writes or self._next_deletes or self._pending:
             self._kick()
             if self._flight is None:
@@ -237,26 +238,26 @@ class FibManager(KernelSync):
                     log.exception("fib: write cycle failed; resync scheduled")
                     self._resync_wanted = True
 
-    def _decide_runs(self, runs: Iterable[tuple[Hops | None, list[Prefix]]]) -> None:
+    def _decide_runs(
+        self, version: int, runs: Iterable[tuple[Hops | None, list[tuple[int, int]]]]
+    ) -> None:
         """``_apply_slice``'s decision for runs of prefixes sharing next hops (see want_runs):
         the same outcome per prefix, with the per-Hops work done once per run."""
         writes: list[tuple[Prefix, Hops, bool]] = []
         deletes: list[Prefix] = []
         flying, pending = self._inflight, self._pending
-        desired, differs, refs = self.desired, self._differs, self._refs
+        desired, differs, refs = self.desired.tables[version], self._differs, self._refs
         repairing = self._repairing
-        for hops, prefixes in runs:
-            if not prefixes:
-                continue
-            version = prefixes[0][0]
+        for hops, keys in runs:
             dropped: Hops | None = None  # next hops given up by `drops` prefixes in a row
             drops = 0
             if hops is None:
-                for prefix in prefixes:
+                for key in keys:
+                    prefix = (version, key[0], key[1])
                     if (flying and prefix in flying) or (pending and prefix in pending):
                         self.withdraw(prefix)  # decided once its write has landed
                         continue
-                    old = desired.pop(prefix, None)
+                    old = desired.pop(key, None)
                     have = differs.get(prefix, _SAME)
                     if old is not None:
                         if old is not dropped:
@@ -286,16 +287,17 @@ class FibManager(KernelSync):
                 self._last_hops = (hops, interned)
             want = self._effective(version, interned)
             added = 0
-            for prefix in prefixes:
+            for key in keys:
+                prefix = (version, key[0], key[1])
                 if (flying and prefix in flying) or (pending and prefix in pending):
                     self.want(prefix, interned)
                     continue
-                old = desired.get(prefix)
+                old = desired.get(key)
                 have = differs.get(prefix, _SAME)
                 if have is _SAME:
                     have = _ABSENT if old is None else old
                 if old is not interned:
-                    desired[prefix] = interned
+                    desired[key] = interned
                     added += 1
                     if old is not None:
                         if old is not dropped:
@@ -334,6 +336,11 @@ class FibManager(KernelSync):
             flying.update(deletes)
             self._next_writes.extend(writes)
             self._next_deletes.extend(deletes)
+
+    def queued(self) -> int:
+        """Routes handed over and not yet taken for a write (what is in flight is bounded by
+        ``write_max`` slices; this is not)."""
+        return len(self._pending)
 
     def latest_hops(self, prefix: Prefix) -> Hops | None:
         """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
@@ -537,8 +544,8 @@ class FibManager(KernelSync):
         deletes: list[Prefix] = []
         flying = self._inflight
         deferred: list[tuple[Prefix, object]] = []
-        desired, differs, pending, order = (
-            self.desired,
+        tables, differs, pending, order = (
+            self.desired.tables,
             self._differs,
             self._pending,
             self._order,
@@ -556,14 +563,16 @@ class FibManager(KernelSync):
                 deferred.append((prefix, value))
                 continue
             version = prefix[0]
+            desired = tables[version]
+            key = (prefix[1], prefix[2])
             explicit = value is None
             want: Hops | None
             # What the kernel holds, taken before desired changes (it may stand for it).
             have = differs.get(prefix, _SAME)
             if have is _SAME:
-                have = desired.get(prefix, _ABSENT)
+                have = desired.get(key, _ABSENT)
             if value is None:
-                old = desired.pop(prefix, None)
+                old = desired.pop(key, None)
                 if old is not None:
                     self._unref(version, old)
                     if have is _ABSENT:
@@ -572,19 +581,19 @@ class FibManager(KernelSync):
                         differs[prefix] = have
                 want = None
             elif value is _RECHECK:
-                cur = desired.get(prefix)
+                cur = desired.get(key)
                 want = None if cur is None else effective(version, cur)
             else:
                 hops: Hops = value  # type: ignore[assignment]
-                old = desired.get(prefix)
+                old = desired.get(key)
                 if old is not hops:
-                    desired[prefix] = hops
-                    key = (version, id(hops))
-                    n = refs.get(key)
+                    desired[key] = hops
+                    hkey = (version, id(hops))
+                    n = refs.get(hkey)
                     if n is None:
                         self._ref_new(version, hops)
                     else:
-                        refs[key] = n + 1
+                        refs[hkey] = n + 1
                     if old is not None:
                         self._unref(version, old)
                     if have is hops:
@@ -597,7 +606,7 @@ class FibManager(KernelSync):
                     want = effective(version, hops)
                     last = (version, hops, want)
             if want is None:
-                if have is not _ABSENT and (explicit or prefix in desired or converged):
+                if have is not _ABSENT and (explicit or key in desired or converged):
                     deletes.append(prefix)
                 elif repairing:
                     repairing.discard(prefix)
@@ -705,17 +714,17 @@ class FibManager(KernelSync):
         self.last_apply_seconds = elapsed
         if self.on_batch is not None:
             self.on_batch(elapsed)
-        differs, desired = self._differs, self.desired
+        differs, tables = self._differs, self.desired.tables
         repairing = self._repairing
         if not errors and not resync and not repairing:
             # _set_have, inlined: once written, a route is what desired says (most often).
             for prefix, hops, _replace in writes:
-                if desired.get(prefix) is hops:
+                if tables[prefix[0]].get((prefix[1], prefix[2])) is hops:
                     differs.pop(prefix, None)
                 else:
                     differs[prefix] = hops
             for prefix in deletes:
-                if prefix in desired:
+                if (prefix[1], prefix[2]) in tables[prefix[0]]:
                     differs[prefix] = _ABSENT
                 else:
                     differs.pop(prefix, None)
