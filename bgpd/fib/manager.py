@@ -337,11 +337,6 @@ class FibManager(KernelSync):
             self._next_writes.extend(writes)
             self._next_deletes.extend(deletes)
 
-    def queued(self) -> int:
-        """Routes handed over and not yet taken for a write (what is in flight is bounded by
-        ``write_max`` slices; this is not)."""
-        return len(self._pending)
-
     def latest_hops(self, prefix: Prefix) -> Hops | None:
         """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
         value = self._pending.get(prefix, _RECHECK)
