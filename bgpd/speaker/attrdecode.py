@@ -130,6 +130,9 @@ class AttrCache:
         # bytes around those values, entry): a field equal to it outside those values is the
         # same set with another MED, found without walking its headers again.
         self._last: tuple[bool, int, int, int, tuple[bytes, ...], list] | None = None
+        # The last one-next-hop tuple handed out: a run of UPDATEs through one next hop
+        # shares it rather than holding a tuple per route.
+        self.hops: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self._tables[0]) + len(self._tables[1])
@@ -199,19 +202,6 @@ def decode_attribute_field(
     if cache is None:
         return _decode_field(buf, ctx, ipv4_nlri, cache)
     end = len(buf)
-    last = cache._last
-    if last is not None and last[1] == end and last[0] is ctx.asn4:
-        _, _, med_at, lp_at, around, hit = last
-        # Equal length and equal bytes around the MED/LOCAL_PREF values: the same headers at
-        # the same offsets, so the same cache entry (compared in place, nothing sliced).
-        if (
-            buf.startswith(around[0])
-            and buf.endswith(around[-1])
-            and (len(around) < 3 or buf.startswith(around[1], min(med_at, lp_at) + 4))
-            and (hit[3] or not ipv4_nlri)
-        ):
-            cache.hits += 1
-            return _from_hit(hit, buf, med_at, lp_at), None, None, ACTION_NONE, ()
     med_at = lp_at = -1
     i = 0
     while i < end:
@@ -243,6 +233,32 @@ def decode_attribute_field(
     return _decode_field(buf, ctx, ipv4_nlri, cache)
 
 
+def cached_attributes(
+    buf: bytes, start: int, stop: int, asn4: bool, ipv4_nlri: bool, cache: AttrCache
+) -> PathAttributes | None:
+    """The attribute field buf[start:stop] from the cache when it equals the last field served
+    from it outside the MED/LOCAL_PREF values (what `decode_attribute_field` would return as
+    its attributes, with no MP attribute, diagnostic or RFC 7606 action); else None.
+
+    Equal length and equal bytes around those values mean the same headers at the same
+    offsets, so the same cache entry. Compared in place: nothing is sliced or walked.
+    """
+    last = cache._last
+    if last is None or last[1] != stop - start or last[0] is not asn4:
+        return None
+    _, _, med_at, lp_at, around, hit = last
+    tail = around[-1]
+    if (
+        buf.startswith(around[0], start)
+        and buf.startswith(tail, stop - len(tail))
+        and (len(around) < 3 or buf.startswith(around[1], start + min(med_at, lp_at) + 4))
+        and (hit[3] or not ipv4_nlri)
+    ):
+        cache.hits += 1
+        return _from_hit(hit, buf, med_at, lp_at, start)
+    return None
+
+
 def _around(buf: bytes, med_at: int, lp_at: int) -> tuple[bytes, ...]:
     """The bytes before, between and after the 4-octet MED and LOCAL_PREF values (those
     present), for `AttrCache._last`: (head, tail) or (head, middle, tail); (buf, buf) if none."""
@@ -255,12 +271,20 @@ def _around(buf: bytes, med_at: int, lp_at: int) -> tuple[bytes, ...]:
     return (buf[:a], buf[a + 4 : b], buf[b + 4 :])
 
 
-def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int) -> PathAttributes:
-    """The cached set with this UPDATE's MED/LOCAL_PREF: the template, the last variant made
-    from it when that matches, or a new variant."""
+def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int, base: int = 0) -> PathAttributes:
+    """The cached set with this UPDATE's MED/LOCAL_PREF (at those offsets from `base`): the
+    template, the last variant made from it when that matches, or a new variant."""
     attrs = hit[0]
-    med = attrs.med if med_at < 0 else int.from_bytes(buf[med_at : med_at + 4], "big")
-    lp = attrs.local_pref if lp_at < 0 else int.from_bytes(buf[lp_at : lp_at + 4], "big")
+    if med_at < 0:
+        med = attrs.med
+    else:
+        med_at += base
+        med = int.from_bytes(buf[med_at : med_at + 4], "big")
+    if lp_at < 0:
+        lp = attrs.local_pref
+    else:
+        lp_at += base
+        lp = int.from_bytes(buf[lp_at : lp_at + 4], "big")
     if attrs.med == med and attrs.local_pref == lp:
         return attrs
     last = hit[2]

@@ -256,12 +256,15 @@ class Session:
         run: _UpdateRun | None = None
         counted = 0
         restarted = False
+        # Only a message handled by `_on_message` can change these: looked up again after one.
+        direct = conn is self._primary and self.state is ESTABLISHED
+        uctx, cache = self.context, self._cache
         try:
             for msg_type, body in frames:
-                if msg_type == MSG_UPDATE and conn is self._primary and self.state is ESTABLISHED:
+                if direct and msg_type == MSG_UPDATE:
                     counted += 1
                     try:
-                        msg = decode_update(body, self.context, self._cache)
+                        msg = decode_update(body, uctx, cache)
                     except NotificationError as err:
                         self._protocol_error(conn, err, now)
                         return
@@ -282,6 +285,8 @@ class Session:
                 restarted = False
                 run = None
                 self._on_message(conn, msg_type, body, now)
+                direct = conn is self._primary and self.state is ESTABLISHED
+                uctx, cache = self.context, self._cache
         finally:
             if counted:
                 self.messages_in["update"] += counted

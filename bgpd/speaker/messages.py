@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from bgpd.speaker.attrdecode import AttrCache, decode_attribute_field
+from bgpd.speaker.attrdecode import AttrCache, cached_attributes, decode_attribute_field
 from bgpd.speaker.attributes import (
     ACTION_WITHDRAW,
     AS_TRANS,
@@ -90,6 +90,7 @@ _LENGTH_LIMITS: dict[int, tuple[int, int | None]] = {
     MSG_KEEPALIVE: (19, 19),
     MSG_ROUTE_REFRESH: (23, 23),
 }
+_MIN_UPDATE_LEN = _LENGTH_LIMITS[MSG_UPDATE][0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,13 @@ def split_messages(buf: bytearray, ctx: CodecContext = DEFAULT_CONTEXT) -> list[
                 )
             length = (data[pos + 16] << 8) | data[pos + 17]
             mtype = data[pos + 18]
+            if mtype == MSG_UPDATE and _MIN_UPDATE_LEN <= length <= max_len:
+                # The bulk of any stream: an UPDATE of an allowed length, without the table.
+                if avail - pos < length:
+                    break
+                out.append((MSG_UPDATE, data[pos + HEADER_LEN : pos + length]))
+                pos += length
+                continue
             if length < HEADER_LEN or length > max_len:
                 raise _header_error(
                     BAD_MESSAGE_LENGTH,
@@ -320,15 +328,36 @@ def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None
         nlri = decode_prefixes(body[nstart:], AFI_IPV4, v4_addpath)
     if not alen and not nlri:
         return upd
+    if nlri and cache is not None:
+        # The attributes of the last UPDATE again with another MED (a feed that gives each
+        # route its own): the outcome is known to be clean, so only the NLRI is left to add.
+        attrs = cached_attributes(body, astart, nstart, ctx.asn4, True, cache)  # type: ignore[assignment]
+        if attrs is not None:
+            upd.attrs = attrs
+            upd.announce[IPV4_UNICAST] = nlri
+            nh = attrs.next_hop
+            if nh is not None:
+                hops = cache.hops
+                if not hops or hops[0] != nh:
+                    hops = cache.hops = (nh,)
+                upd.next_hop[IPV4_UNICAST] = hops
+            return upd
     attrs, mp_reach, mp_unreach, action, upd.diagnostics = decode_attribute_field(
-        body[astart : astart + alen], ctx, bool(nlri), cache
+        body[astart:nstart], ctx, bool(nlri), cache
     )
     if attrs is not EMPTY_ATTRIBUTES:
         upd.attrs = attrs
     if nlri:
         upd.announce[IPV4_UNICAST] = nlri
-        if attrs.next_hop is not None:
-            upd.next_hop[IPV4_UNICAST] = (attrs.next_hop,)
+        nh = attrs.next_hop
+        if nh is not None:
+            if cache is None:
+                upd.next_hop[IPV4_UNICAST] = (nh,)
+            else:
+                hops = cache.hops
+                if not hops or hops[0] != nh:
+                    hops = cache.hops = (nh,)
+                upd.next_hop[IPV4_UNICAST] = hops
     if mp_reach is not None:
         fam, hops, mp_nlri = mp_reach
         if mp_nlri:

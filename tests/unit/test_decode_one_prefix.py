@@ -13,7 +13,7 @@ from bgpd.speaker.attrdecode import AttrCache
 from bgpd.speaker.attributes import PathAttributes
 from bgpd.speaker.context import CodecContext
 from bgpd.speaker.errors import NotificationError
-from bgpd.speaker.messages import decode_update, encode_updates
+from bgpd.speaker.messages import decode_update, encode_updates, split_messages
 from bgpd.speaker.nlri import decode_prefixes
 from bgpd.speaker.types import AFI_IPV4, IPV4_UNICAST
 
@@ -87,3 +87,28 @@ def test_a_new_med_on_the_last_set_skips_the_header_walk(monkeypatch) -> None:
         # The first UPDATE misses (a key on the fast path, one in the general path that fills
         # the cache), the second finds it by its key; every later one by the second's bytes.
         assert len(keys) == 3 and cache.hits == 49 and cache.misses == 1
+
+
+def test_a_run_through_one_next_hop_shares_one_next_hop_tuple() -> None:
+    cache = AttrCache()
+    hops = [decode_update(body, CTX, cache).next_hop[IPV4_UNICAST] for body in _feed(20)]
+    assert hops[0] == (NH,) and all(h is hops[0] for h in hops)  # not a tuple per route
+    other = PathAttributes(origin=0, as_path=((2, (64513,)),), next_hop=NH + 1, med=1)
+    (wire,) = encode_updates(CTX, IPV4_UNICAST, other, [(0x0A000000, 24, 0)], (NH + 1,))
+    assert decode_update(wire[19:], CTX, cache).next_hop[IPV4_UNICAST] == (NH + 1,)
+    assert decode_update(wire[19:], CTX).next_hop[IPV4_UNICAST] == (NH + 1,)  # no cache
+
+
+def test_update_lengths_outside_the_limits_still_fail_framing() -> None:
+    (wire,) = encode_updates(CTX, IPV4_UNICAST, BASE, [(0x0A000000, 24, 0)], (NH,))
+    for length in (19, 22, 4097):
+        raw = bytearray(wire[:16] + length.to_bytes(2, "big") + wire[18:])
+        raw += bytes(max(0, length - len(raw)))
+        try:
+            split_messages(raw, CTX)
+        except NotificationError as err:
+            assert (err.code, err.subcode, err.data) == (1, 2, length.to_bytes(2, "big"))
+        else:
+            raise AssertionError(f"UPDATE of length {length} framed")
+    frames = split_messages(bytearray(wire + wire), CTX)
+    assert frames == [(2, wire[19:]), (2, wire[19:])]
