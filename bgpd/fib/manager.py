@@ -112,6 +112,8 @@ class FibManager(KernelSync):
         self._flight: asyncio.Future[list[RouteError]] | None = None
         self._next_writes: list[tuple[Prefix, Hops, bool]] = []
         self._next_deletes: list[Prefix] = []
+        # Runs from the RIB bridge waiting for room in the next write (see want_runs).
+        self._held: deque[tuple[int, Iterable[tuple[Hops | None, list[tuple[int, int]]]]]] = deque()
         # One tuple per distinct next-hop set. Caches below are keyed by (ip version, id()) of
         # these, which stay alive here: hashing a Hops hashes each NextHop in Python, per route.
         self._interned: dict[Hops, Hops] = {(): ()}
@@ -189,6 +191,8 @@ class FibManager(KernelSync):
     def want(self, prefix: Prefix, hops: Hops) -> None:
         """``update`` without a Route: ``hops`` as a Route holds them (sorted, deduplicated;
         () for a blackhole). The RIB bridge's path, one call per prefix."""
+        if self._held:
+            self._unhold()  # they were asked for first
         last = self._last_hops
         if hops is last[0]:
             interned = last[1]
@@ -214,8 +218,10 @@ class FibManager(KernelSync):
         route's key costs nothing here). When nothing is queued the changes are decided here
         and now, in one loop with the next hops interned and resolved once per run, and
         handed to the kernel writer (or joined to the write it is taking); otherwise they
-        queue one by one. A busy writer does not make them queue: what is decided while it
-        works goes in its next write, whole."""
+        queue one by one. While the writer is busy and its next write is full, the runs are
+        held as they are (a list slot per prefix, the keys being the RIB's) and decided once
+        it has room: decided early, each route cost ~190 bytes until written (its prefix,
+        its write, its in-flight and _differs entries), and at 500k the backlog was ~150k."""
         if self._pending or self._syncing or self._task is None:
             # Behind queued changes (order), or a prune or resync (it works from a snapshot
             # of desired and installed), or not started.
@@ -226,6 +232,13 @@ class FibManager(KernelSync):
                 else:
                     for key in keys:
                         self.want((version, key[0], key[1]), hops)
+            return
+        if self._held or (
+            self._flight is not None
+            and len(self._next_writes) + len(self._next_deletes) >= self.write_max
+        ):
+            self._held.append((version, runs))
+            self._kick()
             return
         self._decide_runs(version, runs)
         if self._next_writes or self._next_deletes or self._pending:
@@ -255,7 +268,7 @@ class FibManager(KernelSync):
                 for key in keys:
                     prefix = (version, key[0], key[1])
                     if (flying and prefix in flying) or (pending and prefix in pending):
-                        self.withdraw(prefix)  # decided once its write has landed
+                        self._queue(prefix, None)  # decided once its write has landed
                         continue
                     old = desired.pop(key, None)
                     have = differs.get(prefix, _SAME)
@@ -290,7 +303,7 @@ class FibManager(KernelSync):
             for key in keys:
                 prefix = (version, key[0], key[1])
                 if (flying and prefix in flying) or (pending and prefix in pending):
-                    self.want(prefix, interned)
+                    self._queue(prefix, interned)
                     continue
                 old = desired.get(key)
                 have = differs.get(prefix, _SAME)
@@ -337,8 +350,31 @@ class FibManager(KernelSync):
             self._next_writes.extend(writes)
             self._next_deletes.extend(deletes)
 
+    def _decide_held(self) -> None:
+        """Decide held runs until the next write is full (see want_runs)."""
+        held = self._held
+        while held and len(self._next_writes) + len(self._next_deletes) < self.write_max:
+            version, runs = held.popleft()
+            self._decide_runs(version, runs)
+
+    def _unhold(self) -> None:
+        """Queue every held run one prefix at a time, in order: something needs them seen
+        as asked for (a per-prefix change after them, a lookup, a prune or resync)."""
+        held, self._held = self._held, deque()
+        for version, runs in held:
+            for hops, keys in runs:
+                value: object = None
+                if hops is not None:
+                    value = self._interned.get(hops)
+                    if value is None:
+                        value = self._interned[hops] = hops
+                for key in keys:
+                    self._queue((version, key[0], key[1]), value)
+
     def latest_hops(self, prefix: Prefix) -> Hops | None:
         """The next hops last asked for at ``prefix`` (queued or applied), None if none."""
+        if self._held:
+            self._unhold()
         value = self._pending.get(prefix, _RECHECK)
         if value is _RECHECK:
             return self.desired.get(prefix)
@@ -346,6 +382,8 @@ class FibManager(KernelSync):
 
     def latest_routes(self) -> list[tuple[Prefix, Hops]]:
         """(prefix, next hops) of every route last asked for, queued or applied."""
+        if self._held:
+            self._unhold()
         pending = self._pending
         out = [(p, h) for p, h in self.desired.items() if pending.get(p, _RECHECK) is _RECHECK]
         out.extend(
@@ -357,6 +395,8 @@ class FibManager(KernelSync):
 
     def withdraw(self, prefix: Prefix) -> None:
         """Want no route of ours at ``prefix``."""
+        if self._held:
+            self._unhold()
         pending = self._pending  # _queue, inlined as in want()
         if prefix not in pending:
             self._order.append(prefix)
@@ -471,6 +511,7 @@ class FibManager(KernelSync):
             try:
                 if self._resync_wanted:
                     self._resync_wanted = False
+                    self._unhold()  # the scan must see them as asked for
                     self._syncing = True
                     try:
                         await self._resync()
@@ -483,15 +524,25 @@ class FibManager(KernelSync):
                     await self._apply_slice()
                 elif self._prune_wanted:
                     self._prune_wanted = False
+                    self._unhold()
                     self._syncing = True
                     try:
                         await self._land()
                         await self._prune()
                     finally:
                         self._syncing = False
-                elif self._flight is not None or self._next_writes or self._next_deletes:
+                elif (
+                    self._flight is not None
+                    or self._next_writes
+                    or self._next_deletes
+                    or self._held
+                ):
                     await self._land_flight()
                     self._launch()
+                    # The next write is prepared while the kernel takes this one.
+                    self._decide_held()
+                    if self._flight is None:
+                        self._launch()
             except Exception:
                 # A bug or an unexpected socket error must not end FIB programming; the next
                 # scan starts from a fresh dump.
@@ -509,6 +560,7 @@ class FibManager(KernelSync):
             or self._flight is not None
             or bool(self._next_writes)
             or bool(self._next_deletes)
+            or bool(self._held)
         )
 
     def _kick(self) -> None:

@@ -146,12 +146,23 @@ async def measure(n: int, repeat: int) -> dict[str, float]:
     return best
 
 
-async def fib_bytes(n: int) -> dict[str, float]:
+class SlowFib(NullFib):
+    """A kernel half as fast as the loop feeds it (a loop turn per 1000 routes written):
+    decided routes pile up behind the write in flight, as they do at 500k."""
+
+    async def _write(self, writes, deletes):  # type: ignore[no-untyped-def]
+        for _ in range((len(writes) + len(deletes)) // 1000):
+            await asyncio.sleep(0)
+        return []
+
+
+async def fib_bytes(n: int, slow: bool = False) -> dict[str, float]:
     """tracemalloc bytes per route held by the FIB stage (bridge + manager) once `n` routes
     are in the kernel, and the peak on the way, fed as the route worker feeds it: slices of
-    2000 Loc-RIB entries, one shared Path per 500 prefixes."""
+    2000 Loc-RIB entries, one shared Path per 500 prefixes. ``slow``: see SlowFib."""
+    tag = "_slow_kernel" if slow else ""
     mgr = FibManager(
-        NullFib(80, 254),
+        (SlowFib if slow else NullFib)(80, 254),
         watch=False,
         resolve=False,
         slice_size=DAEMON_SLICE,
@@ -177,8 +188,8 @@ async def fib_bytes(n: int) -> dict[str, float]:
     assert mgr.routes_installed == n, mgr.routes_installed
     await mgr.stop()
     return {
-        f"fib_stage_bytes_per_route_{n}": (held - base) / n,
-        f"fib_stage_peak_bytes_per_route_{n}": (peak - base) / n,
+        f"fib_stage_bytes_per_route{tag}_{n}": (held - base) / n,
+        f"fib_stage_peak_bytes_per_route{tag}_{n}": (peak - base) / n,
     }
 
 
@@ -192,8 +203,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.memory:
         for size in args.memory.split(","):
-            for name, value in asyncio.run(fib_bytes(int(size))).items():
-                print(f"{name}: {value:.1f}")
+            for slow in (False, True):
+                for name, value in asyncio.run(fib_bytes(int(size), slow)).items():
+                    print(f"{name}: {value:.1f}")
         return
     for name, value in asyncio.run(measure(args.prefixes, args.repeat)).items():
         print(f"{name}: {value:.2f}")

@@ -24,7 +24,7 @@ FAM = IPV4_UNICAST
 ATTRS = PathAttributes(origin=0)
 # Two gateways on the connected network, one that nothing reaches.
 GATEWAYS = [parse_addr(a)[1] for a in ("198.18.0.2", "198.18.0.3", "198.19.7.9")]
-PREFIXES = [(parse_prefix(f"10.244.{i}.0/26")[1], 26) for i in range(5)]
+PREFIXES = [(parse_prefix(f"10.244.{i}.0/26")[1], 26) for i in range(8)]
 
 
 def _path(gw: int | None) -> Path:
@@ -70,7 +70,7 @@ slices = st.lists(
 
 
 async def _fed(
-    plan: list, converge_at: int, foreign: int | None, batch: bool
+    plan: list, converge_at: int, foreign: int | None, batch: bool, write_max: int = 4
 ) -> tuple[FibManager, FakeFib]:
     fake = FakeFib()
     fake.external_add(Route(parse_prefix("198.18.0.0/24"), (NextHop(None, "eth0"),)), protocol=2)
@@ -78,7 +78,7 @@ async def _fed(
         # Another protocol's route at our metric: the kernel refuses ours there (EEXIST).
         at = _key(PREFIXES[foreign])
         fake.external_add(Route(at, (NextHop(GATEWAYS[0]),)), protocol=4)
-    mgr = FibManager(fake, slice_size=3, write_max=4)
+    mgr = FibManager(fake, slice_size=1, write_max=write_max)
     await mgr.start()
     bridge = KernelRoutes(mgr)
     for n, (changes, turns, operator) in enumerate(plan):
@@ -123,11 +123,14 @@ def _key(prefix: tuple[int, int]) -> tuple[int, int, int]:
     plan=slices,
     converge_at=st.integers(0, 8),
     foreign=st.none() | st.integers(0, len(PREFIXES) - 1),
+    write_max=st.sampled_from([1, 4]),  # 1: a busy writer holds the next slices as runs
 )
-def test_a_slice_in_one_call_leaves_what_one_call_per_prefix_leaves(plan, converge_at, foreign):
+def test_a_slice_in_one_call_leaves_what_one_call_per_prefix_leaves(
+    plan, converge_at, foreign, write_max
+):
     async def run():
-        one, fake_one = await _fed(plan, converge_at, foreign, batch=False)
-        many, fake_many = await _fed(plan, converge_at, foreign, batch=True)
+        one, fake_one = await _fed(plan, converge_at, foreign, False, write_max)
+        many, fake_many = await _fed(plan, converge_at, foreign, True, write_max)
         try:
             _check_installed(one, fake_one)
             _check_installed(many, fake_many)
@@ -241,3 +244,65 @@ def test_a_prefix_table_behaves_as_a_dict_of_prefixes(ops):
         assert len(table) == len(plain) and bool(table) == bool(plain)
     assert dict(table.items()) == plain and set(table) == set(plain) and table == plain
     assert sorted(table.values()) == sorted(plain.values())
+
+
+async def test_slices_wait_as_runs_while_the_writer_is_busy_and_land_in_order():
+    """With the kernel busy and the next write full, later slices are held as the bridge gave
+    them (no per-prefix state) and decided once there is room; a per-prefix change that
+    comes after them still wins, and a withdrawal held behind an announcement is kept."""
+
+    class GatedFib(FakeFib):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def _write(self, writes, deletes):  # type: ignore[no-untyped-def]
+            await self.gate.wait()
+            return await super()._write(writes, deletes)
+
+    fake = GatedFib()
+    mgr = FibManager(fake, resolve=False, watch=False, slice_size=4, write_max=4)
+    await mgr.start()
+    bridge = KernelRoutes(mgr)
+    keys = [(0x0A000000 + (i << 8), 24) for i in range(40)]
+    gw_a, gw_b = GATEWAYS[0], GATEWAYS[1]
+    for i in range(0, 40, 10):  # the first is written, the second fills the next write
+        bridge.sink_batch(FAM, [(k, _path(gw_a)) for k in keys[i : i + 10]])
+    assert len(mgr._held) == 2 and not mgr._pending
+    bridge.sink_batch(FAM, [(k, None) for k in keys[30:35]])  # held behind its announcement
+    assert len(mgr._held) == 3
+    mgr.update(Route(_key(keys[25]), (NextHop(gw_b),)))  # after the held runs: it wins
+    assert not mgr._held and len(mgr._pending) == 20
+    fake.gate.set()
+    await mgr.settle()
+    got = fake.ours_in_kernel()
+    assert set(got) == {_key(k) for k in keys[:30] + keys[35:]}
+    assert got[_key(keys[25])].nexthops == (NextHop(gw_b),)
+    assert got[_key(keys[0])].nexthops == (NextHop(gw_a),)
+    assert mgr.routes_installed == 35 and mgr.netlink_errors == 0
+    await mgr.stop()
+
+
+async def test_held_runs_are_decided_while_the_kernel_takes_the_last_write():
+    """No per-prefix queue entry for a backlog: held runs go straight to the next write."""
+
+    class SlowFib(FakeFib):
+        async def _write(self, writes, deletes):  # type: ignore[no-untyped-def]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return await super()._write(writes, deletes)
+
+    fake = SlowFib()
+    mgr = FibManager(fake, resolve=False, watch=False, slice_size=8, write_max=8)
+    await mgr.start()
+    bridge = KernelRoutes(mgr)
+    keys = [(0x0A000000 + (i << 8), 24) for i in range(200)]
+    queued = 0
+    for i in range(0, 200, 20):
+        bridge.sink_batch(FAM, [(k, _path(GATEWAYS[0])) for k in keys[i : i + 20]])
+        queued = max(queued, len(mgr._pending))
+    assert mgr._held
+    await mgr.settle()
+    assert queued == 0 and len(fake.ours_in_kernel()) == 200 == mgr.routes_installed
+    assert {id(k) for k in mgr.desired.tables[4]} == {id(k) for k in keys}
+    await mgr.stop()
