@@ -163,6 +163,12 @@ class FibManager(KernelSync):
                 n += prefix not in desired
         return n
 
+    def backlog(self) -> int:
+        """Routes handed in and not yet on their way to the kernel: queued one by one, held
+        as runs, or decided for the next write (what a reader throttle would watch)."""
+        held = sum(len(keys) for _version, runs in self._held for _hops, keys in runs)
+        return len(self._pending) + held + len(self._next_writes) + len(self._next_deletes)
+
     @property
     def is_converged(self) -> bool:
         return self._converged

@@ -271,8 +271,10 @@ async def test_slices_wait_as_runs_while_the_writer_is_busy_and_land_in_order():
     assert len(mgr._held) == 2 and not mgr._pending
     bridge.sink_batch(FAM, [(k, None) for k in keys[30:35]])  # held behind its announcement
     assert len(mgr._held) == 3
+    assert mgr.backlog() == 10 + 25  # the next write, and the held runs
     mgr.update(Route(_key(keys[25]), (NextHop(gw_b),)))  # after the held runs: it wins
     assert not mgr._held and len(mgr._pending) == 20
+    assert mgr.backlog() == 10 + 20
     fake.gate.set()
     await mgr.settle()
     got = fake.ours_in_kernel()
