@@ -152,6 +152,13 @@ class Observer:
         if bgp is not None:
             bgp.on_updates(peer, updates)
 
+    def on_announced(self, peer: str, family: Family, count: int) -> None:
+        """`count` prefixes of `family` announced by `peer` (a run of one-prefix UPDATEs that
+        the import counted itself, instead of handing each UPDATE to `on_updates`)."""
+        bgp = self._bgp_for(peer)
+        if bgp is not None:
+            bgp.on_prefix_updates(peer, "in", family, count, 0)
+
     def _bgp_for(self, peer: str) -> BgpMetrics | None:
         """The BGP metrics, with `peer`'s rows created the first time it reports anything."""
         bgp = self.metrics.bgp

@@ -51,7 +51,6 @@ class RouteImport:
         """The UPDATEs one read completed: imported in order; waking the route worker and the
         max-prefix check are per batch (a teardown queued by it follows the batch)."""
         addr = driver.endpoint.address
-        self.observer.on_updates(addr, updates)
         peer = self.peers[addr]
         # Whether anyone wants to hear of changes is the same for the whole batch unless an
         # End-of-RIB in it moves convergence on (`_import_update` then empties this).
@@ -60,6 +59,7 @@ class RouteImport:
         if src is not None and peer.config.import_filter is None:
             self._import_run(peer, src, updates, wanted)
         else:
+            self.observer.on_updates(addr, updates)
             imp = self._import_update
             for update in updates:
                 imp(peer, update, wanted)
@@ -76,18 +76,22 @@ class RouteImport:
         withdrawn, nothing for RFC 7606 to say, no loop, nothing to strip) is gathered here,
         and the run of them reaches the Loc-RIB as one `update_many` per
         family. Any other UPDATE hands that run over first, then takes `_import_update`, so
-        the Loc-RIB sees every change in the order the peer sent it.
+        the Loc-RIB sees every change in the order the peer sent it. The received-prefix
+        metrics count a run at once and the other UPDATEs as such.
         """
         rib_in, loc, local, ebgp = peer.rib_in, self.loc_rib, self.local, src.ebgp
         intern = self.interner.intern
+        observer, addr = self.observer, peer.config.address
         fam: Family | None = None  # the family of the run gathered in prefixes/paths
         rejected: set | None = None
         prefixes: list[Prefix] = []
         paths: list[RibPath] = []
+        others: list[Update] = []
 
         def hand_over() -> None:
             nonlocal prefixes, paths
             if prefixes:
+                observer.on_announced(addr, fam, len(prefixes))  # type: ignore[arg-type]
                 track = self._wanted(peer, fam, wanted)  # type: ignore[arg-type]
                 new = loc.update_many(fam, zip(prefixes, paths), track=track)  # type: ignore[arg-type]
                 rib_in.counted(fam, new)  # type: ignore[arg-type]
@@ -105,12 +109,14 @@ class RouteImport:
                 or import_loop(attrs, local, ebgp) is not None
             ):
                 hand_over()
+                others.append(update)
                 self._import_update(peer, update, wanted)
                 fam = None  # it may have made the family's refused set: look that up again
                 continue
             ((f, nlri),) = ann.items()
             if len(nlri) != 1:
                 hand_over()
+                others.append(update)
                 self._import_update(peer, update, wanted)
                 fam = None  # it may have made the family's refused set: look that up again
                 continue
@@ -127,6 +133,8 @@ class RouteImport:
             prefixes.append(prefix)
             paths.append(path)
         hand_over()
+        if others:
+            observer.on_updates(addr, others)
 
     def _on_update(self, peer: Peer, update: Update) -> None:
         """One UPDATE on its own (see `_on_updates`)."""

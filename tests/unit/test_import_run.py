@@ -1,7 +1,8 @@
 """A batch of received UPDATEs imported as runs (`RouteImport._import_run`): one-prefix
 announcements reach the Loc-RIB as one `update_many` per run, and whatever the mix of UPDATEs
 and however a stream is cut into reads, both RIBs end exactly as importing each UPDATE on its
-own (`_import_update`) leaves them, with the same prefixes left for the route worker, in order."""
+own (`_import_update`) leaves them, with the same prefixes left for the route worker, in order,
+and the same received-prefix counts."""
 
 from __future__ import annotations
 
@@ -129,6 +130,22 @@ def state(d: Daemon, peer: Peer) -> dict[str, Any]:
         "decisions": dict(loc.decisions),
         "eor": set(peer.eor_received),
         "interned": len(d.interner),
+        "counted": _counted(d, peer.config.address),
+    }
+
+
+def _counted(d: Daemon, peer: str) -> dict[tuple[str, str], float | None]:
+    """The received-prefix counters (announce/withdraw per family) as a scrape shows them."""
+    m = d.observer.metrics
+    assert m.bgp is not None
+    m.bgp.flush_prefix_updates()
+    return {
+        (fam, kind): m.value(
+            "routemesh_bgp_prefix_updates_received_total",
+            {"peer": peer, "family": fam, "type": kind},
+        )
+        for fam in ("ipv4-unicast", "ipv6-unicast")
+        for kind in ("announce", "withdraw")
     }
 
 
@@ -164,6 +181,8 @@ def test_batched_import_leaves_what_one_update_at_a_time_leaves(
         if batch:
             d1._on_updates(p1.driver, batch)
         wanted: dict[Family, bool] = {}
+        if updates2[pos : pos + n]:
+            d2.observer.on_updates(p2.config.address, updates2[pos : pos + n])
         for u in updates2[pos : pos + n]:
             d2._import_update(p2, u, wanted)
         pos += n
@@ -182,9 +201,18 @@ def test_a_run_of_one_prefix_updates_reaches_the_loc_rib_in_one_call() -> None:
         return real(fam, items, track=track)
 
     d.loc_rib.update_many = counted  # type: ignore[method-assign]
+    as_updates: list[int] = []
+    real_metrics = d.observer.on_updates
+
+    def metrics_counted(peer: str, updates: list) -> None:
+        as_updates.append(len(updates))
+        real_metrics(peer, updates)
+
+    d.observer.on_updates = metrics_counted  # type: ignore[method-assign]
     ones = [build(("one", IPV4_UNICAST, i, i), lambda i: 0) for i in range(6)]
     d._on_updates(peer.driver, [*ones[:3], build(("eor",), None), *ones[3:]])
-    # Three before the End-of-RIB, three after it: two calls, not six.
-    assert calls == [3, 3]
+    # Three before the End-of-RIB, three after it: two calls, not six; the metrics count the
+    # runs themselves and see only the End-of-RIB as an UPDATE.
+    assert calls == [3, 3] and as_updates == [1]
     assert peer.rib_in.accepted_count(IPV4_UNICAST) == 6 == len(d.loc_rib.dirty[IPV4_UNICAST])
     assert peer.eor_received == {IPV4_UNICAST}
