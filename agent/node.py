@@ -215,8 +215,9 @@ class NodeRunner:
         self.daemon = DynamicDaemon(config, nexthop_reachable=self.kernel.reachable)
         # Changes reach the kernel in slices, and none once a stop is asked for: the Cease
         # at shutdown flushes every peer's paths, and persist must keep forwarding intact.
-        handoff = SinkQueue(self.daemon, self.kernel.sink)
+        handoff = SinkQueue(self.daemon, self.kernel.sink, batch_sink=self.kernel.sink_batch)
         self.daemon.route_sink = handoff.put
+        self.daemon.route_sink_batch = handoff.put_batch
         self.kernel.reachability_changed = self.daemon.reachability_changed
         self.node_metrics = NodeMetrics(
             self.daemon,

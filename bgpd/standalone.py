@@ -39,8 +39,9 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
         daemon = Daemon(config)
     else:
         daemon = Daemon(config, nexthop_reachable=kernel.reachable)
-        handoff = SinkQueue(daemon, kernel.sink)
+        handoff = SinkQueue(daemon, kernel.sink, batch_sink=kernel.sink_batch)
         daemon.route_sink = handoff.put
+        daemon.route_sink_batch = handoff.put_batch
         if fib is not None and not fib.routes_installed:
             # Nothing of ours in the kernel to keep steady: write while the table loads.
             daemon.sink_from_start()
@@ -78,13 +79,28 @@ class SinkQueue:
     Once a stop is asked for nothing more is handed over: the shutdown's Cease flushes every
     peer's paths, and those withdrawals must not reach the kernel (`persist` keeps forwarding
     across a restart; without it, FibManager.stop removes every route of ours anyway).
+
+    With a ``batch_sink``, ``put_batch`` queues a decided slice as one entry and hands it to
+    ``batch_sink`` in pieces of at most ``slice_size`` (a Loc-RIB entry is read when handed
+    over: any later change of it is queued behind, so the last word is the same).
     """
 
-    def __init__(self, daemon: Daemon, sink: RouteSink, slice_size: int = 2000) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        sink: RouteSink,
+        slice_size: int = 2000,
+        batch_sink: RouteBatchSink | None = None,
+    ) -> None:
         self.daemon = daemon
         self.sink = sink
+        self.batch_sink = batch_sink
         self.slice_size = slice_size
-        self._queue: deque[tuple[Family, Prefix, tuple[RibPath, ...] | None]] = deque()
+        # (family, prefix, paths) one by one, or (family, [(prefix, entry), ...]) for a batch
+        self._queue: deque[
+            tuple[Family, Prefix, tuple[RibPath, ...] | None]
+            | tuple[Family, list[tuple[Prefix, Entry | None]]]
+        ] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -93,6 +109,14 @@ class SinkQueue:
         if self.daemon.stopping:
             return
         self._queue.append((family, prefix, paths))
+        self._idle.clear()
+        self._wake.set()
+
+    def put_batch(self, family: Family, items: list[tuple[Prefix, Entry | None]]) -> None:
+        """One decided slice (see `Daemon.route_sink_batch`); needs ``batch_sink``."""
+        if self.daemon.stopping or not items:
+            return
+        self._queue.append((family, items))
         self._idle.clear()
         self._wake.set()
 
@@ -110,8 +134,26 @@ class SinkQueue:
                 if self.daemon.stopping:
                     queue.clear()
                     break
-                for _ in range(min(self.slice_size, len(queue))):
-                    family, prefix, paths = queue.popleft()
+                budget = self.slice_size
+                while queue and budget > 0:
+                    entry = queue.popleft()
+                    if len(entry) == 2:
+                        family, items = entry  # type: ignore[misc]
+                        if len(items) > budget:
+                            queue.appendleft((family, items[budget:]))
+                            items = items[:budget]
+                        budget -= len(items)
+                        try:
+                            self.batch_sink(family, items)  # type: ignore[misc]
+                        except Exception:
+                            log.exception(
+                                "fib: %d routes from %s not handed over",
+                                len(items),
+                                prefix_to_str(family.afi, items[0][0]),
+                            )
+                        continue
+                    budget -= 1
+                    family, prefix, paths = entry  # type: ignore[misc]
                     try:
                         sink(family, prefix, paths)
                     except Exception:

@@ -99,3 +99,40 @@ async def test_a_live_sink_hands_over_at_once_until_a_stop_is_asked_for(tmp_path
     daemon.request_stop()
     put(IPV4_UNICAST, (1 << 8, 24), None)
     assert len(got) == 2
+
+
+async def test_batches_arrive_in_order_in_pieces_of_a_slice_between_single_changes(
+    tmp_path: Path,
+) -> None:
+    """The route worker's decided slices (Daemon.route_sink_batch) queue as one entry each,
+    and reach the bridge in order, at most a slice per loop turn, among single changes."""
+    pieces: list[int] = []
+    seen: list[object] = []
+
+    def batch_sink(family: Family, items: list) -> None:
+        pieces.append(len(items))
+        seen.extend((family, p) for p, _entry in items)
+
+    queue = SinkQueue(
+        _daemon(tmp_path),
+        lambda f, p, paths: seen.append(("single", p)),
+        100,
+        batch_sink=batch_sink,
+    )
+    runner = asyncio.create_task(queue.run())
+    order: list[object] = []
+    for n, size in enumerate((250, 30, 100, 1)):
+        family = IPV4_UNICAST if n % 2 else IPV6_UNICAST
+        prefixes = [((n << 16) + i, 24) for i in range(size)]
+        queue.put_batch(family, [(p, None) for p in prefixes])
+        order.extend((family, p) for p in prefixes)
+        queue.put(IPV4_UNICAST, (n, 32), None)
+        order.append(("single", (n, 32)))
+    queue.put_batch(IPV4_UNICAST, [])  # nothing decided for the FIB: no entry
+    turns: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: turns.append(len(seen)))
+    await queue.drained()
+    assert seen == order
+    assert max(pieces) <= 100 and sum(pieces) == 381
+    assert turns and turns[0] < len(seen), "other callbacks ran during the hand-off"
+    runner.cancel()
