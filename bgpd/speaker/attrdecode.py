@@ -126,10 +126,10 @@ class AttrCache:
         self.misses = 0
         # One table per AS-number size: the same bytes mean different paths under asn4 or not.
         self._tables: tuple[dict[bytes, list], dict[bytes, list]] = ({}, {})
-        # The last field served from the cache, as (asn4, length, MED at, LOCAL_PREF at, the
-        # bytes around those values, entry): a field equal to it outside those values is the
-        # same set with another MED, found without walking its headers again.
-        self._last: tuple[bool, int, int, int, tuple[bytes, ...], list] | None = None
+        # The last field served from the cache (see `_last_entry`): a field equal to it outside
+        # the MED/LOCAL_PREF values is the same set with another MED, found without walking
+        # its headers again.
+        self._last: tuple | None = None
         # The last one-next-hop tuple handed out: a run of UPDATEs through one next hop
         # shares it rather than holding a tuple per route.
         self.hops: tuple[int, ...] = ()
@@ -228,7 +228,7 @@ def decode_attribute_field(
         # A set lacking a mandatory attribute needs its diagnostics: the general path.
         if hit is not None and (hit[3] or not ipv4_nlri):
             cache.hits += 1
-            cache._last = (ctx.asn4, end, med_at, lp_at, _around(buf, med_at, lp_at), hit)
+            cache._last = _last_entry(ctx.asn4, buf, med_at, lp_at, hit)
             return _from_hit(hit, buf, med_at, lp_at), None, None, ACTION_NONE, ()
     return _decode_field(buf, ctx, ipv4_nlri, cache)
 
@@ -246,29 +246,49 @@ def cached_attributes(
     last = cache._last
     if last is None or last[1] != stop - start or last[0] is not asn4:
         return None
-    _, _, med_at, lp_at, around, hit = last
-    tail = around[-1]
-    if (
-        buf.startswith(around[0], start)
-        and buf.startswith(tail, stop - len(tail))
-        and (len(around) < 3 or buf.startswith(around[1], start + min(med_at, lp_at) + 4))
-        and (hit[3] or not ipv4_nlri)
-    ):
-        cache.hits += 1
-        return _from_hit(hit, buf, med_at, lp_at, start)
-    return None
+    _, _, head, tail, tail_at, mid, mid_at, med_at, lp_at, hit = last
+    if not (buf.startswith(head, start) and buf.startswith(tail, start + tail_at)):
+        return None
+    if mid is not None and not buf.startswith(mid, start + mid_at):
+        return None
+    if ipv4_nlri and not hit[3]:
+        return None
+    cache.hits += 1
+    # _from_hit, inlined: this runs once per UPDATE on a feed with a MED per route.
+    attrs = hit[0]
+    if med_at < 0:
+        med = attrs.med
+    else:
+        med_at += start
+        med = int.from_bytes(buf[med_at : med_at + 4], "big")
+    if lp_at < 0:
+        lp = attrs.local_pref
+    else:
+        lp_at += start
+        lp = int.from_bytes(buf[lp_at : lp_at + 4], "big")
+    if attrs.med == med and attrs.local_pref == lp:
+        return attrs
+    last_variant = hit[2]
+    if last_variant.med == med and last_variant.local_pref == lp:
+        return last_variant
+    attrs = hit[2] = _vary(attrs, med, lp)
+    return attrs
 
 
-def _around(buf: bytes, med_at: int, lp_at: int) -> tuple[bytes, ...]:
-    """The bytes before, between and after the 4-octet MED and LOCAL_PREF values (those
-    present), for `AttrCache._last`: (head, tail) or (head, middle, tail); (buf, buf) if none."""
+def _last_entry(
+    asn4: bool, buf: bytes, med_at: int, lp_at: int, hit: list
+) -> tuple[bool, int, bytes, bytes, int, bytes | None, int, int, int, list]:
+    """`AttrCache._last` for the field `buf` served from `hit`: (asn4, length, the bytes
+    before the first of the MED/LOCAL_PREF values, the bytes after the last and where they
+    start, the bytes between them (or None) and where those start, MED at, LOCAL_PREF at,
+    entry). Without either value the whole field is the head and the tail is empty."""
+    end = len(buf)
     cuts = sorted(at for at in (med_at, lp_at) if at >= 0)
     if not cuts:
-        return (buf, buf)
-    if len(cuts) == 1:
-        return (buf[: cuts[0]], buf[cuts[0] + 4 :])
-    a, b = cuts
-    return (buf[:a], buf[a + 4 : b], buf[b + 4 :])
+        return (asn4, end, buf, b"", end, None, 0, med_at, lp_at, hit)
+    a, b = cuts[0], cuts[-1]
+    mid = buf[a + 4 : b] if len(cuts) == 2 else None
+    return (asn4, end, buf[:a], buf[b + 4 :], b + 4, mid, a + 4, med_at, lp_at, hit)
 
 
 def _from_hit(hit: list, buf: bytes, med_at: int, lp_at: int, base: int = 0) -> PathAttributes:

@@ -311,7 +311,8 @@ def decode_update(body: bytes, ctx: CodecContext, cache: AttrCache | None = None
             b"",
             f"total path attribute length {alen} at offset {2 + wlen} overruns the body",
         )
-    v4_addpath = IPV4_UNICAST in ctx.addpath_rx
+    addpath_rx = ctx.addpath_rx
+    v4_addpath = IPV4_UNICAST in addpath_rx if addpath_rx else False
     upd = Update(None, {}, {}, {})
     if wlen:
         upd.withdraw[IPV4_UNICAST] = decode_prefixes(body[2 : 2 + wlen], AFI_IPV4, v4_addpath)
