@@ -97,24 +97,24 @@ class RouteImport:
                 rib_in.counted(fam, new)  # type: ignore[arg-type]
                 prefixes, paths = [], []
 
+        # From an eBGP peer the loop check reads the AS path alone: the last path found clean
+        # is not checked again (the MED variants of one attribute set share the path object).
+        clean_path: object = None
         for update in updates:
             attrs = update.attrs
             ann = update.announce
-            if (
+            nlri = None
+            if not (
                 attrs is None
                 or len(ann) != 1
                 or update.withdraw
                 or update.diagnostics
                 or (ebgp and (attrs.local_pref is not None or attrs.originator_id is not None))
-                or import_loop(attrs, local, ebgp) is not None
-            ):
-                hand_over()
-                others.append(update)
-                self._import_update(peer, update, wanted)
-                fam = None  # it may have made the family's refused set: look that up again
-                continue
-            ((f, nlri),) = ann.items()
-            if len(nlri) != 1:
+            ) and (attrs.as_path is clean_path or import_loop(attrs, local, ebgp) is None):
+                if ebgp:
+                    clean_path = attrs.as_path
+                ((f, nlri),) = ann.items()
+            if nlri is None or len(nlri) != 1:
                 hand_over()
                 others.append(update)
                 self._import_update(peer, update, wanted)

@@ -15,7 +15,7 @@ from bgpd.daemon import Daemon
 from bgpd.neighbors import Peer
 from bgpd.speaker.attributes import AS_SEQUENCE, PathAttributes
 from bgpd.speaker.messages import Update
-from bgpd.speaker.rib import Destination, Path
+from bgpd.speaker.rib import Destination, Path, Source
 from bgpd.speaker.types import IPV4_UNICAST, IPV6_UNICAST, Family
 from tests.unit.test_fsm import established_pair
 from tests.unit.test_receive_batch import daemon_on
@@ -24,6 +24,7 @@ NH4 = 0xC6120002
 NH6 = 0xFD00_0000_0000_0000_0000_0000_0000_0002
 PEER_AS_PATH = ((AS_SEQUENCE, (64513,)),)
 LOOP_AS_PATH = ((AS_SEQUENCE, (64513, 64512)),)  # our AS (64512): refused on import
+OUR_ID = 0xC6120001  # the daemon's router-id (198.18.0.1)
 
 
 def _nlri(fam: Family, i: int, pid: int) -> tuple[int, int, int]:
@@ -45,6 +46,7 @@ def _fields(attrs: PathAttributes) -> dict[str, Any]:
         "as_path": attrs.as_path,
         "med": attrs.med,
         "local_pref": attrs.local_pref,
+        "originator_id": attrs.originator_id,
     }
 
 
@@ -70,6 +72,12 @@ def build(op: tuple, pid_of: Any) -> Update:
         _, _, i, med = op
         attrs = PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med, local_pref=300)
         return _announce(fam, [_nlri(fam, i, pid_of(i))], attrs)
+    if kind == "orig":
+        # ORIGINATOR_ID = our router-id on the very AS path object of the clean routes: a
+        # loop from an iBGP peer (RFC 4456), stripped from an eBGP one.
+        _, _, i, med = op
+        attrs = PathAttributes(origin=0, as_path=PEER_AS_PATH, med=med, originator_id=OUR_ID)
+        return _announce(fam, [_nlri(fam, i, pid_of(i))], attrs)
     if kind == "withdraw":
         _, _, idx = op
         return Update(withdraw={fam: [_nlri(fam, i, pid_of(i)) for i in idx]})
@@ -93,6 +101,7 @@ ops = st.lists(
         st.tuples(st.just("withdraw"), fams, st.lists(idx, min_size=1, max_size=3)),
         st.tuples(st.just("loop"), fams, idx),
         st.tuples(st.just("lp"), fams, idx, meds),
+        st.tuples(st.just("orig"), fams, idx, meds),
         st.tuples(st.just("both"), fams, idx, idx, meds),
         st.just(("eor",)),
     ),
@@ -149,10 +158,14 @@ def _counted(d: Daemon, peer: str) -> dict[tuple[str, str], float | None]:
     }
 
 
-def _daemon(live_sink: bool) -> tuple[Daemon, Peer]:
+def _daemon(live_sink: bool, ebgp: bool = True) -> tuple[Daemon, Peer]:
     w = established_pair()
     d, peer, _ = daemon_on(w)
     peer.driver.loop.close()  # never run: the import is synchronous
+    if not ebgp:
+        src = peer.source
+        assert src is not None
+        peer.source = Source(src.key, src.address, src.router_id, 64512, False)
     if live_sink:
         d.route_sink = lambda fam, prefix, paths: None
         d.sink_live = True
@@ -165,13 +178,14 @@ def _daemon(live_sink: bool) -> tuple[Daemon, Peer]:
     cuts=st.lists(st.integers(1, 6), max_size=12),
     live_sink=st.booleans(),
     addpath=st.booleans(),
+    ebgp=st.booleans(),
 )
 def test_batched_import_leaves_what_one_update_at_a_time_leaves(
-    ops: list[tuple], cuts: list[int], live_sink: bool, addpath: bool
+    ops: list[tuple], cuts: list[int], live_sink: bool, addpath: bool, ebgp: bool
 ) -> None:
     pid_of = (lambda i: 1 + i % 2) if addpath else (lambda i: 0)
-    d1, p1 = _daemon(live_sink)
-    d2, p2 = _daemon(live_sink)
+    d1, p1 = _daemon(live_sink, ebgp)
+    d2, p2 = _daemon(live_sink, ebgp)
     updates1 = [build(op, pid_of) for op in ops]
     updates2 = [build(op, pid_of) for op in ops]
     # The stream cut into reads of the drawn sizes (the rest in one).
