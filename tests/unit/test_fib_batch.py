@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tracemalloc
 from collections import Counter
 
 from hypothesis import given, settings
@@ -194,6 +195,25 @@ async def test_a_load_through_the_batch_path_costs_bytes_not_objects():
     bytes per route at 500k, bench_fib_path --memory; 30 at this size, 153 before)."""
     got = await fib_bytes(20_000)
     assert got["fib_stage_bytes_per_route_20000"] < 60, got
+
+
+async def test_counting_the_routes_builds_nothing_per_route():
+    """Metrics ask for the routes by family on every scrape: with the kernel's routes kept as
+    desired-except-where-it-differs, counting must not walk (or build) a prefix per route."""
+    mgr = FibManager(FakeFib(), resolve=False, watch=False)
+    await mgr.start()
+    bridge = KernelRoutes(mgr)
+    keys = [(0x0A000000 + (i << 8), 24) for i in range(20_000)]
+    bridge.sink_batch(FAM, [(k, _path(GATEWAYS[0])) for k in keys])
+    await mgr.settle()
+    tracemalloc.start()
+    counts = mgr.routes_by_family()
+    installed = mgr.routes_installed
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert counts == {4: 20_000, 6: 0} and installed == 20_000
+    assert peak < 20_000, f"{peak} bytes to count 20k routes"
+    await mgr.stop()
 
 
 async def test_the_fib_keeps_the_ribs_own_key_objects():
