@@ -13,8 +13,9 @@ the whole table, or from the first route when `sink_from_start()` was called bef
 `Daemon.route_sink_batch(family, [(prefix, entry or None), ...])`, when set as well, is called
 instead, once per family per decided slice (a Loc-RIB entry stands for its multipath set; None,
 or an entry without a best path, for gone), so a sink can work through a slice in one loop
-rather than one call chain per prefix. `Daemon.nexthop_reachable(family, nh)` feeds the decision's first step; call
-`Daemon.reachability_changed()` to re-run the decision everywhere when it changes.
+rather than one call chain per prefix. `Daemon.nexthop_reachable(family, nh)` feeds the
+decision's first step; call `Daemon.reachability_changed()` to re-run the decision
+everywhere when it changes.
 `run_daemon` wires the kernel FIB (`bgpd.standalone`) only when `[fib] enabled` says so
 (it defaults to false on a dedicated reflector, i.e. with `cluster-id` set).
 """

@@ -2,8 +2,9 @@
 next-hop reachability back to the decision process.
 
 The RIB calls ``sink(family, prefix, paths)`` for every Loc-RIB change (multipath set, best
-first; None when gone), or ``sink_batch(family, [(prefix, entry), ...])`` once per decided slice. The bridge turns the paths' next hops into one ``Route`` through a
-forwarding policy: plain gateways for a standalone bgpd, the pool's tunnel rules for a node
+first; None when gone), or ``sink_batch(family, [(prefix, entry), ...])`` once per decided
+slice. The bridge turns the paths' next hops into one ``Route`` through a forwarding policy:
+plain gateways for a standalone bgpd, the pool's tunnel rules for a node
 (``agent.routing.forward_route``). Locally originated paths are never installed: a node's own
 blocks get blackholes, which the node hands in as static routes.
 """
@@ -126,8 +127,10 @@ class KernelRoutes:
         if self.static or self._keep_all:
             # Statics to hide under, or a policy that needs every prefix's gateways kept.
             for prefix, entry in items:
-                best = entry is not None and entry.best is not None
-                self.sink(family, prefix, entry.multipath if best else None)  # type: ignore[union-attr]
+                paths = None
+                if entry is not None and entry.best is not None:
+                    paths = entry.multipath
+                self.sink(family, prefix, paths)
             return
         version = 4 if family.afi == AFI_IPV4 else 6
         # The RIB's own (addr, len) key objects go to the FIB: it keeps them as its keys.

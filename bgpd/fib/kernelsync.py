@@ -299,7 +299,8 @@ class KernelSync:
             else:
                 have = self._have(prefix)
                 got = self._intern_route(kr.route)
-                if have is _ABSENT or have is None or got is None or not same_hops(have, got):  # type: ignore[arg-type]
+                known = have is not _ABSENT and have is not None and got is not None
+                if not known or not same_hops(have, got):  # type: ignore[arg-type]
                     self._set_have(prefix, got)
                     self._queue_repair(prefix)
             return
