@@ -9,6 +9,7 @@ stale state. See ``ipam.keys`` for the store layout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -330,10 +331,45 @@ class Ipam:
                     existing.add(cidr)
                     continue
                 await self.store.put(affinity_key(self.host, cidr), b'{"state":"confirmed"}')
+                if limit is not None and await self._one_too_many(cidr, limit):
+                    return None
                 self.stats.block_claims += 1
                 log.info("node %s claimed block %s in pool %s", self.host, cidr, pool.name)
                 return cidr
         return None
+
+    async def _one_too_many(self, cidr: Network, limit: int) -> bool:
+        """Whether the block just claimed takes this host past maxBlocksPerHost; if so it is
+        given back (while nothing is allocated from it).
+
+        Two claims of one host at once (CNI calls in parallel) can both pass the count in
+        `_claim`. Ranked by creation revision, the later claims are the ones past the limit,
+        so exactly they give their blocks back and neither side retries forever.
+        """
+        kvs, _rev = await self.store.list(BLOCKS)
+        mine: list[tuple[int, Network, int]] = []
+        for kv in kvs:
+            try:
+                block = Block.from_json(kv.value, kv.key)
+            except IpamError:
+                continue
+            if block.host == self.host:
+                mine.append((kv.create_revision, block.cidr, kv.mod_revision))
+        mine.sort(key=lambda m: (m[0], int(m[1].network_address)))
+        rank = next((i for i, m in enumerate(mine) if m[1] == cidr), None)
+        if rank is None or rank < limit:
+            return False
+        try:
+            # Only if unchanged since its creation: an address taken from it keeps it.
+            await self.store.delete(block_key(cidr), revision=mine[rank][2])
+        except (KeyNotFoundError, RevisionConflictError):
+            return False
+        with contextlib.suppress(KeyNotFoundError):
+            await self.store.delete(affinity_key(self.host, cidr))
+        self.stats.conflicts += 1
+        log.info("node %s gave block %s back: maxBlocksPerHost %d (a parallel claim won)",
+                 self.host, cidr, limit)  # fmt: skip
+        return True
 
     async def _borrowable(self, pools: list[Pool], view: ClusterView) -> list[Network]:
         """Blocks of the pools with a free address, starting at a host-dependent one so that

@@ -33,7 +33,7 @@ from ipam import Ipam, PoolExhaustedError
 from ipam.check import check
 from ipam.gc import IpamGC
 from ipam.keys import resource_key
-from ipam.pools import put_resource
+from ipam.pools import put_resource, write_config
 
 HOSTS = [f"node-{i}" for i in range(8)]
 
@@ -184,6 +184,28 @@ async def test_eight_processes_fill_a_slash_24_exactly_then_it_is_exhausted(etcd
         assert report.allocated == report.unique == 256
         assert report.double_allocations == [] and report.orphans == []
         assert report.inconsistencies == []
+    finally:
+        await store.close()
+
+
+async def test_parallel_cni_calls_of_one_node_respect_max_blocks_per_host(etcd_server):
+    """Four allocations for the same node at once (CNI calls in parallel), with
+    maxBlocksPerHost 2, interleaved on etcd's round trips: all of them see no block of the
+    node and claim one, and the node still ends with two blocks holding all 16 addresses."""
+    endpoint = etcd_server.endpoint
+    await seed(endpoint, resources("10.244.0.0/24", 29))
+    store = EtcdDatastore([endpoint])
+    try:
+        await write_config(store, max_blocks_per_host=2)
+        calls = [Ipam(store, HOSTS[0]) for _ in range(4)]
+        got = await asyncio.gather(*(c.assign(f"cni-{i}", ipv4=4) for i, c in enumerate(calls)))
+        addresses = [a for g in got for a in g]
+        assert len(set(addresses)) == len(addresses) == 16
+        held = await calls[0].host_blocks()
+        assert len(held) == 2, held
+        assert all(any(a in b for b in held) for a in addresses)
+        report = await check(store)
+        assert report.double_allocations == [] and report.inconsistencies == []
     finally:
         await store.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 
@@ -252,6 +253,38 @@ async def test_max_blocks_per_host_is_enforced_and_then_borrows(store):
     with pytest.raises(PoolExhaustedError, match="maxBlocksPerHost is 1"):
         await a.assign("a3", ipv4=3)
     assert len(set(got + more)) == 5
+
+
+class Interleaving(MemoryDatastore):
+    """The memory store, yielding to the loop on every call: concurrent allocators then
+    interleave between their reads and writes as they do against etcd."""
+
+    async def list(self, prefix: str):  # type: ignore[override]
+        await asyncio.sleep(0)
+        return await super().list(prefix)
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        await asyncio.sleep(0)
+        return await super().create(key, value, lease=lease)
+
+
+async def test_parallel_claims_of_one_host_stay_within_max_blocks_per_host():
+    store = Interleaving()
+    await apply(store, pool("p", "10.244.0.0/26", 29))
+    await write_config(store, max_blocks_per_host=2)
+    # Four CNI calls on one node at once, each wanting a block's worth: every one of them
+    # reads the node's block count (0) before any claim lands, so all four claim.
+    calls = [Ipam(store, "node-a") for _ in range(4)]
+    got = await asyncio.gather(*(ipam.assign(f"h{i}", ipv4=4) for i, ipam in enumerate(calls)))
+    held = await calls[0].host_blocks()
+    assert len(held) == 2, held
+    addresses = [a for g in got for a in g]
+    assert len(set(addresses)) == len(addresses) == 16
+    assert all(any(a in b for b in held) for a in addresses)
+    assert len(await read_blocks(store)) == 2  # the blocks given back are gone, not orphaned
+    report = await check(store)
+    assert report.double_allocations == [] and report.inconsistencies == []
+    await store.close()
 
 
 async def test_ipv6_and_dual_stack(store):
