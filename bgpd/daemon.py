@@ -55,6 +55,7 @@ from bgpd.speaker.fsm import Session, SessionConfig, build_open
 from bgpd.speaker.messages import (
     ROUTE_REFRESH_BORR,
     ROUTE_REFRESH_EORR,
+    Update,
     encode_end_of_rib,
 )
 from bgpd.speaker.rib import AttrInterner, Entry, LocRib, Source
@@ -68,6 +69,7 @@ from bgpd.speaker.types import (
     Prefix,
     prefix_to_str,
 )
+from bgpd.throttle import ReadThrottle
 
 log = logging.getLogger("routemesh.bgpd")
 
@@ -124,6 +126,9 @@ class Daemon(RouteImport):
         self._sync_jobs: list[SyncJob] = []
         self._sync_encoder = EncodeCache(maxsize=256)
         self._work = asyncio.Event()
+        # Routes the FIB sink holds that have not reached the kernel (None: no FIB).
+        self.sink_backlog: Callable[[], int] | None = None
+        self.throttle = ReadThrottle(self._backlog)
         self._worker: asyncio.Task[None] | None = None
         self._defer_timer: asyncio.TimerHandle | None = None
         self._converging = False
@@ -193,6 +198,7 @@ class Daemon(RouteImport):
         """Cease every session (RFC 4486 Administrative Shutdown) and close what we opened."""
         log.info("shutting down: sending Cease to every peer")
         self.observer.stopping()
+        self.throttle.release()  # the Ceases and what answers them must be read
         for peer in self.peers.values():
             peer.driver.stop()
         # Give the transports a moment to flush the NOTIFICATIONs before the loop ends.
@@ -244,7 +250,7 @@ class Daemon(RouteImport):
             password=nb.password,
             ttl_security=nb.ttl_security,
         )
-        return PeerDriver(Session(scfg), endpoint, self._on_event, loop, self._on_updates)
+        return PeerDriver(Session(scfg), endpoint, self._on_event, loop, self._on_read)
 
     def _lookup(self, address: str) -> PeerDriver | None:
         peer = self.peers.get(address)
@@ -449,6 +455,21 @@ class Daemon(RouteImport):
         # The worker sets `converged` once the decisions pending now are done.
         self._converging = True
         self._work.set()
+
+    def _on_read(self, driver: PeerDriver, updates: list[Update]) -> None:
+        """The UPDATEs of one read imported; reading that peer pauses if the routes read
+        so far wait too deep in our queues (`bgpd.throttle`)."""
+        self._on_updates(driver, updates)
+        addr = driver.endpoint.address
+        if self.throttle.after_read(addr, list(driver.transports.values())):
+            self.peers[addr].read_pauses += 1
+
+    def _backlog(self) -> int:
+        """Routes read and not yet decided, or decided and not yet on their way to the kernel."""
+        n = self.loc_rib.pending()
+        if self.sink_backlog is not None:
+            n += self.sink_backlog()
+        return n
 
     def sink_from_start(self) -> None:
         """Hand every Loc-RIB change to `route_sink` as it is decided, from the first route on.

@@ -37,6 +37,7 @@ class Peer:
     stale_timer: asyncio.TimerHandle | None = None
     hard_reset: bool = False
     max_prefix_warned: bool = False
+    read_pauses: int = 0  # times reading it paused for our backlog (bgpd.throttle)
     restart_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -95,4 +96,5 @@ def status_row(peer: Peer, local_asn: int) -> dict[str, Any]:
         "route_reflector_client": peer.config.route_reflector_client,
         "stale": sorted(f.name for f in peer.stale),
         "eor_received": sorted(f.name for f in peer.eor_received),
+        "read_pauses": peer.read_pauses,
     }

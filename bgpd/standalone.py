@@ -47,6 +47,7 @@ async def serve(config: Config, *, freeze_gc: bool = True) -> int:
             daemon.sink_from_start()
             daemon.route_sink = live_sink(daemon, kernel.sink)
             daemon.route_sink_batch = live_batch_sink(daemon, kernel.sink_batch)
+            daemon.sink_backlog = fib.backlog  # reading pauses while the kernel is behind
         kernel.reachability_changed = daemon.reachability_changed
     daemon.observer.attach_fib(fib)  # FIB metrics and the fib-synced readiness condition
     tasks = [
