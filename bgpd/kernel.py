@@ -91,14 +91,7 @@ class KernelRoutes:
                 if not path.source.local and path.next_hop:
                     gateways = (path.next_hop[0],)
             else:
-                seen: list[int] = []
-                for path in paths:
-                    if path.source.local or not path.next_hop:
-                        continue
-                    gw = path.next_hop[0]
-                    if gw not in seen:
-                        seen.append(gw)
-                gateways = tuple(seen)
+                gateways = _gateways_of(paths)
         if gateways:
             gateways = self._gateway_sets.setdefault(gateways, gateways)
         if not self.static and not self._keep_all:
