@@ -584,8 +584,9 @@ async def test_the_bridge_takes_bgp_routes_back_from_the_fib_under_statics_and_n
 
 
 async def test_slices_decided_while_a_write_is_in_the_kernel_go_in_one_next_write():
-    """The writer never waits a loop turn per slice: what the loop decides while the kernel
-    takes one write is handed over as one write when it lands (up to ``write_max``)."""
+    """The writer never waits a loop turn per slice: one write is queued behind the one in
+    the kernel, and what the loop decides meanwhile is handed over as one write when a slot
+    frees (up to ``write_max``)."""
 
     class HeldFib(FakeFib):
         def __init__(self) -> None:
@@ -606,10 +607,10 @@ async def test_slices_decided_while_a_write_is_in_the_kernel_go_in_one_next_writ
         mgr.update(route)
     for _ in range(20):
         await asyncio.sleep(0)
-    assert fake.sizes == [2], "one write in flight, the rest decided and waiting"
+    assert fake.sizes == [2, 2], "one write in the kernel, one queued, the rest decided, waiting"
     fake.gate.set()
     await mgr.settle()
-    assert fake.sizes == [2, 4, 3]
+    assert fake.sizes == [2, 2, 4, 1]
     assert {p: rt for p, rt in fake.ours_in_kernel().items()} == {rt.prefix: rt for rt in routes}
     assert mgr.routes_installed == 9 and not mgr._inflight
     assert mgr.netlink_errors == 0, [str(e) for e in mgr.recent_errors]
