@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The project's test run: lint first (cheap, catches breakage early), then pytest with the
-# defaults from pyproject (-m 'not slow'). Extra arguments go to pytest.
+# The project's test run: lint and the format check first (cheap, catches breakage early),
+# then pytest with the defaults from pyproject (-m 'not slow'). Extra arguments go to pytest.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 
 status=0
 .venv/bin/pytest "$@" || status=$?
