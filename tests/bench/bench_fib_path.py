@@ -32,16 +32,9 @@ from bgpd.speaker.rib import Path as RibPath
 from bgpd.speaker.rib import Source
 from bgpd.speaker.types import IPV4_UNICAST
 from bgpd.standalone import live_batch_sink, live_sink
+from tests.bench.bench_rib_memory import CONFIG  # the same one-neighbor daemon
 
 FAM = IPV4_UNICAST
-CONFIG = """
-[global]
-asn = 64512
-router-id = "198.18.0.1"
-[[neighbor]]
-address = "198.18.0.2"
-remote-asn = 64513
-"""
 PEER_ADDR = 0xC6120002
 NEXT_HOP = (0xC6120002,)
 PER_UPDATE = 500
